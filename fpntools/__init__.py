@@ -1,0 +1,29 @@
+"""fpntools: implicit-depth (fixed-point) networks, operators and applications.
+
+``z, info = fpntools.fixed_point(f, z0, solver="anderson", backward="implicit", tol=1e-4, max_iter=50)``
+"""
+
+from fpntools.backward import JFB, BackwardMode, Implicit, Phantom, Unroll
+from fpntools.fixed_point import FixedPoint, fixed_point
+from fpntools.info import FixedPointError, FixedPointInfo, Status
+from fpntools.solvers import KM, Anderson, Broyden, FixedPointSolver, Picard
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Anderson",
+    "BackwardMode",
+    "Broyden",
+    "FixedPoint",
+    "FixedPointError",
+    "FixedPointInfo",
+    "FixedPointSolver",
+    "Implicit",
+    "JFB",
+    "KM",
+    "Phantom",
+    "Picard",
+    "Status",
+    "Unroll",
+    "fixed_point",
+]

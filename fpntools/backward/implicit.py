@@ -1,0 +1,90 @@
+"""Implicit differentiation through a fixed point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from fpntools.backward.base import BackwardMode, attach_surrogate
+from fpntools.info import FixedPointInfo, FixedPointError, Status
+from fpntools.solvers import FixedPointSolver, make_solver
+from fpntools.solvers.base import FlatMap
+
+__all__ = ["Implicit"]
+
+
+@dataclass
+class Implicit(BackwardMode):
+    """Implicit function theorem gradient.
+
+    With ``z* = f(z*, theta)`` and ``J = df/dz (z*)``, ``dL/dtheta = u^T df/dtheta`` where ``u`` solves the
+    adjoint fixed point ``u = J^T u + dL/dz*``, i.e. ``(I - J)^T u = dL/dz*``. The adjoint is solved with
+    its own solver (vector-Jacobian products through one saved application of ``f``), started from
+    ``dL/dz*`` or, with ``warm_start``, from the previous adjoint solution of the same shape. The adjoint
+    solve's :class:`FixedPointInfo` is stored in ``info.backward`` of the forward solve.
+    ``raise_on_failure`` raises :class:`FixedPointError` when the adjoint solve does not converge.
+    """
+
+    solver: str | FixedPointSolver = "anderson"
+    tol: float = 1e-6
+    max_iter: int = 50
+    stop_mode: str = "rel"
+    warm_start: bool = False
+    raise_on_failure: bool = False
+    name: ClassVar[str] = "implicit"
+    _last: Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._solver = make_solver(self.solver)
+
+    def attach(self, g: FlatMap, z_star: Tensor, info: FixedPointInfo) -> Tensor:
+        z_in = z_star.detach().requires_grad_()
+        with torch.enable_grad():
+            fz = g(z_in)
+        if not fz.requires_grad:  # f depends on nothing that requires grad: no graph to attach
+            return z_star
+        busy = [False]
+
+        def hook(v: Tensor) -> Tensor:
+            if busy[0]:  # re-entrant call from the vector-Jacobian products below
+                return v
+            busy[0] = True
+            try:
+                return self._adjoint(fz, z_in, v, info)
+            finally:
+                busy[0] = False
+
+        fz.register_hook(hook)
+        return attach_surrogate(z_star, fz)
+
+    def _adjoint(self, fz: Tensor, z_in: Tensor, v: Tensor, info: FixedPointInfo) -> Tensor:
+        v = v.detach()
+
+        def adjoint_map(u: Tensor) -> Tensor:
+            (jtu,) = torch.autograd.grad(fz, z_in, u, retain_graph=True)
+            return jtu + v
+
+        u0 = self._last if (self.warm_start and self._last is not None and self._last.shape == v.shape) else v
+        with torch.no_grad():
+            res = self._solver.solve(adjoint_map, u0, tol=self.tol, max_iter=self.max_iter, stop_mode=self.stop_mode)
+        status = Status(int(res.sample_status.max()))
+        info.backward = FixedPointInfo(
+            steps=res.steps,
+            abs_residual=res.abs_residual,
+            rel_residual=res.rel_residual,
+            converged=res.converged,
+            sample_status=res.sample_status,
+            status=status,
+            nfe=res.nfe,
+            solver=self._solver.name,
+            tol=self.tol,
+            stop_mode=self.stop_mode,
+        )
+        if self.warm_start:
+            self._last = res.z.detach()
+        if self.raise_on_failure and status != Status.CONVERGED:
+            raise FixedPointError(info.backward)
+        return res.z

@@ -1,0 +1,1 @@
+"""Applications built from fpntools parts: one folder per problem."""

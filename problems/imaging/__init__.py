@@ -1,0 +1,1 @@
+"""imaging application."""
