@@ -26,9 +26,13 @@ _TINY = 1e-30
 
 
 def residual_norms(fz: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sample ``||f(z) - z||_2`` and ``||f(z)||_2`` of flat ``(B, N)`` tensors (no autograd)."""
-    fz, z = fz.detach(), z.detach()
-    return torch.linalg.vector_norm(fz - z, dim=1), torch.linalg.vector_norm(fz, dim=1)
+    """Per-sample ``||f(z) - z||_2`` and ``||f(z)||_2`` of flat ``(B, N)`` tensors (no autograd).
+
+    One fused pass on CUDA (:func:`fpntools.kernels.residual_norms`), torch elsewhere.
+    """
+    from fpntools.kernels import residual_norms as fused
+
+    return fused(fz.detach(), z.detach())
 
 
 @dataclass
@@ -110,7 +114,7 @@ class FixedPointSolver(ABC):
             improved = active & finite & (a < best_abs)
             best_abs = torch.where(improved, a, best_abs)
             best_rel = torch.where(improved, r, best_rel)
-            best_z = torch.where(improved[:, None], z, best_z)
+            best_z = z if bool(improved.all()) else torch.where(improved[:, None], z, best_z)
             if trace:
                 history.append(torch.where(active, res, torch.full_like(res, float("nan"))))
             newly_nonfinite = active & ~finite
@@ -129,7 +133,7 @@ class FixedPointSolver(ABC):
             if not bool(active.any()) or k == max_iter - 1:
                 break
             z_next, memory = self.step(z, torch.where(finite[:, None], fz, z), memory, k)
-            z = torch.where(active[:, None], z_next, best_z)
+            z = z_next if bool(active.all()) else torch.where(active[:, None], z_next, best_z)
         converged = status == int(Status.CONVERGED)
         return SolverResult(
             z=best_z,

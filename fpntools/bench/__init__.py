@@ -1,0 +1,1 @@
+"""Benchmark commands (``fpntools bench ...``): tables of medians measured side by side in one run."""
