@@ -1,4 +1,8 @@
-"""Shared test fixtures: deterministic seeds, small thread counts (CI has 2 cores)."""
+"""Shared test fixtures: deterministic seeds, one intra-op thread per test process.
+
+CI runs ``pytest -n 2`` on 2 cores: two workers with several OpenMP threads each oversubscribe the cores,
+and spinning OpenMP threads then make small ops up to 100x slower.
+"""
 
 import os
 
@@ -7,7 +11,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -45,9 +45,10 @@ def test_console_script_entry_point():
 
 def test_engine_bench_rows_are_consistent():
     pytest.importorskip("torchdeq")
-    from fpntools.bench.engine import run
+    from fpntools.bench.engine import ConvLayer, MLPLayer, run
 
-    rows = run(batch=4, repeats=1, print_table=False)
+    layers = {"mlp": lambda: MLPLayer(32, 8), "conv": lambda: ConvLayer(8, 6, 2)}
+    rows = run(batch=4, repeats=1, print_table=False, layers=layers)
     libs = {(r.layer, r.library) for r in rows}
     assert {lib for _, lib in libs} == {"fpntools", "torchdeq"}
     for r in rows:

@@ -200,9 +200,14 @@ def gradient_agreement(layer_factory: Callable[[], nn.Module], batch: int, devic
     return max(float((a - b).norm() / b.norm()) for a, b in zip(grads["fpntools"], grads["torchdeq"]))
 
 
+DEFAULT_LAYERS: dict[str, Callable[[], nn.Module]] = {"mlp (256)": MLPLayer, "conv (32x16x16)": ConvLayer}
+
+
 def run(batch: int = 64, repeats: int = 5, tol: float = 1e-4, device: str = "cpu", btol: float | None = None,
-        max_iter: int = 100, print_table: bool = True) -> list[BenchRow]:
-    """Run the benchmark and print the table. Returns the rows."""
+        max_iter: int = 100, print_table: bool = True,
+        layers: dict[str, Callable[[], nn.Module]] | None = None) -> list[BenchRow]:
+    """Run the benchmark on ``layers`` (name -> factory; default: the two layers above), print the table and
+    return the rows."""
     try:
         import torchdeq  # noqa: F401
 
@@ -210,7 +215,7 @@ def run(batch: int = 64, repeats: int = 5, tol: float = 1e-4, device: str = "cpu
     except ImportError:
         libraries = ["fpntools"]
     btol = tol / 100 if btol is None else btol
-    factories: dict[str, Callable[[], nn.Module]] = {"mlp (256)": MLPLayer, "conv (32x16x16)": ConvLayer}
+    factories = DEFAULT_LAYERS if layers is None else layers
     rows: list[BenchRow] = []
     for name, factory in factories.items():
         torch.manual_seed(0)
