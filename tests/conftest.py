@@ -7,6 +7,7 @@ and spinning OpenMP threads then make small ops up to 100x slower.
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep instead of spinning
 
 import pytest
 import torch
