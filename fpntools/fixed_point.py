@@ -120,7 +120,8 @@ class FixedPoint(nn.Module):
         self.eval_tol = tol if eval_tol is None else eval_tol
         self.eval_max_iter = max_iter if eval_max_iter is None else eval_max_iter
         self.jacobian_penalty = jacobian_penalty
-        self._step = 0
+        # training steps seen by the penalty schedule; a buffer so checkpoints resume the schedule exactly
+        self.register_buffer("penalty_step", torch.zeros((), dtype=torch.long))
 
     def forward(self, *inputs: Any, z0: State | None = None) -> tuple[State, FixedPointInfo]:
         if z0 is None:
@@ -142,9 +143,14 @@ class FixedPoint(nn.Module):
         spec = StateSpec.of(z, "z*")
         z_in = spec.unflatten(spec.flatten(z).detach().requires_grad_())
         fz = self.layer(z_in, *inputs)
-        loss = self.jacobian_penalty(fz, z_in, self._step)
-        self._step += 1
+        loss = self.jacobian_penalty(fz, z_in, int(self.penalty_step))
+        self.penalty_step += 1
         return loss
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
+        # weights saved without the schedule counter (e.g. shipped inference weights) load with the counter at 0
+        state_dict.setdefault(prefix + "penalty_step", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
 
 _LOOP_OPTIONS = frozenset({"stop_mode", "trace", "raise_on_failure", "divergence_factor"})

@@ -50,3 +50,19 @@ def test_training_with_penalty_lowers_jacobian_norm():
         loss.backward()
         opt.step()
     assert frob() < 0.5 * before
+
+
+def test_penalty_schedule_counter_is_checkpointed():
+    layer = TanhLayer(6, 3, rho=0.5, dtype=torch.float32)
+    deq = FixedPoint(layer, tol=1e-5, jacobian_penalty=JacobianPenalty(weight=1.0, schedule="linear", warmup_steps=10))
+    x = torch.randn(2, 3)
+    for _ in range(3):
+        deq(x)
+    state = deq.state_dict()
+    assert int(state["penalty_step"]) == 3
+    fresh = FixedPoint(TanhLayer(6, 3, dtype=torch.float32), jacobian_penalty=JacobianPenalty())
+    fresh.load_state_dict(state)
+    assert int(fresh.penalty_step) == 3
+    del state["penalty_step"]  # inference weights saved without the counter still load
+    fresh.load_state_dict(state)
+    assert int(fresh.penalty_step) == 0

@@ -18,3 +18,19 @@ def engine(
     from fpntools.bench.engine import run
 
     run(batch=batch, repeats=repeats, tol=tol, device=device)
+
+
+@app.command("zoo")
+def zoo(
+    sections: str = typer.Option("memory,jfb,jacobian,compare,lm", help="comma-separated sections to run"),
+    quick: bool = typer.Option(False, help="tiny smoke run (numbers not meaningful)"),
+    epochs: int = typer.Option(None, help="training epochs for the digits experiments (default 10)"),
+    lm_steps: int = typer.Option(None, help="training steps of the character-level LM (default 200)"),
+    device: str = typer.Option("cpu", help="cpu or cuda (memory section: peak CUDA memory)"),
+    seed: int = typer.Option(0, help="random seed"),
+) -> None:
+    """Model zoo claims: DEQ memory vs depth, JFB vs implicit, Jacobian regularisation, SIM/DEQ/MDEQ, char-LM."""
+    from fpntools.bench.zoo import run
+
+    run(sections=[s.strip() for s in sections.split(",") if s.strip()], quick=quick, device=device, epochs=epochs,
+        lm_steps=lm_steps, seed=seed)

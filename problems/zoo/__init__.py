@@ -1,0 +1,10 @@
+"""Model-zoo tasks: small experiments, each showing one claim of a paper at a scale a CPU runs.
+
+* :mod:`problems.zoo.memory`: DEQ training memory is constant in depth (Bai et al. 2019).
+* :mod:`problems.zoo.tasks`: JFB vs implicit training of an FPN (Wu Fung et al. 2022), Jacobian
+  regularisation (Bai et al. 2021) on digits and a 1-D synthetic regression, SIM vs DEQ vs MDEQ at equal
+  parameter count (Konishi & Kawahara 2023), DEQ-Transformer character-level language modelling.
+
+``fpntools bench zoo`` runs them and prints the tables; ``fpntools zoo train`` trains one zoo model
+(also under ``torchrun`` for multi-process data-parallel training).
+"""

@@ -1,0 +1,249 @@
+"""Small experiments for the model zoo (each returns rows; ``fpntools bench zoo`` prints them).
+
+Every run is seeded; times are wall-clock on whatever machine runs them (``torch.get_num_threads()``
+threads) and include the solver's Python overhead, which dominates for models this small.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Subset, TensorDataset
+
+from fpntools.data import TokenWindows, load_digits, load_python_docs_corpus
+from fpntools.models import (
+    DEQLanguageModel,
+    DEQMLP,
+    FPNClassifier,
+    JacobianRegConfig,
+    MDEQClassifier,
+    SIMClassifier,
+    SolveConfig,
+    count_parameters,
+)
+from fpntools.training.loop import TrainConfig, Trainer
+
+__all__ = [
+    "Row",
+    "jfb_vs_implicit",
+    "jacobian_regularization",
+    "synthetic_1d",
+    "equal_parameter_comparison",
+    "char_lm",
+    "jacobian_norm",
+    "width_for_budget",
+]
+
+
+@dataclass
+class Row:
+    """One line of a result table: a name and ordered metric columns."""
+
+    name: str
+    values: dict[str, float | int | str] = field(default_factory=dict)
+
+
+def _train(model: nn.Module, train, test, epochs: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
+           task: str = "classification", max_steps: int | None = None) -> tuple[dict, Trainer]:
+    cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, seed=seed, task=task, progress=False,
+                      max_steps=max_steps, eval_batch_size=512)
+    trainer = Trainer(model, cfg, train, test)
+    res = trainer.fit()
+    final = dict(res.final) if res.final else {}
+    times = [h["time_s"] for h in res.history] or [float("nan")]
+    steps = [h["time_per_step_ms"] for h in res.history] or [float("nan")]
+    final["epoch_s"] = sum(times) / len(times)
+    final["step_ms"] = sum(steps) / len(steps)
+    if not res.completed:  # stopped by max_steps inside an epoch
+        final.update(trainer.evaluate())
+        if not res.history:
+            final["step_ms"] = trainer.time_per_step_ms
+    return final, trainer
+
+
+# --------------------------------------------------------------------------------------------- JFB
+def jfb_vs_implicit(epochs: int = 10, width: int = 64, seed: int = 0) -> list[Row]:
+    """FPN classifier on digits trained with JFB and with implicit differentiation (same init and data order)."""
+    split = load_digits()
+    rows = []
+    for mode in ("jfb", "implicit"):
+        torch.manual_seed(seed)
+        cfg = SolveConfig(backward=mode, tol=1e-4, max_iter=50, backward_tol=1e-4, backward_max_iter=50)
+        model = FPNClassifier(64, 10, width=width, cfg=cfg)
+        final, _ = _train(model, split.train, split.test, epochs, seed=seed)
+        # backward cost: adjoint iterations of one training step after training (0 for JFB: one layer backward)
+        model.train()
+        out = model(split.x_train[:64])
+        out.logits.logsumexp(1).sum().backward()
+        info = out.infos[0]
+        adjoint_steps = float(info.backward.steps.float().mean()) if info.backward is not None else 0.0
+        rows.append(Row(f"FPN {mode}", {
+            "params": count_parameters(model), "test acc %": 100 * final["eval_acc"], "train loss": final["train_loss"],
+            "s / epoch": final["epoch_s"], "ms / step": final["step_ms"], "fwd steps": final["train_forward_steps"],
+            "adjoint steps": adjoint_steps}))
+    return rows
+
+
+# ------------------------------------------------------------------------------- Jacobian regularisation
+def jacobian_norm(model: DEQMLP, x: Tensor, n_samples: int = 8) -> float:
+    """Mean over samples of the Hutchinson estimate of ``||J_f(z*)||_F`` at the model's equilibrium."""
+    from fpntools.regularization import jacobian_frobenius
+
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        u = model.inject(x)
+        z, _ = model.deq(u)
+    z = z.detach().requires_grad_()
+    with torch.enable_grad():
+        fz = model.block(z, u)
+        est = jacobian_frobenius(fz, z, n_samples=n_samples, normalize=False, create_graph=False, reduction="none",
+                                 generator=torch.Generator().manual_seed(0))
+    model.train(was)
+    return float(est.clamp_min(0).sqrt().mean())
+
+
+def _eval_steps(model: nn.Module, x: Tensor, tol: float) -> tuple[float, float]:
+    """Mean forward solver steps to reach relative residual ``tol`` (budget 100) and the fraction converged."""
+    fp = model.deq
+    old = (fp.eval_tol, fp.eval_max_iter)
+    fp.eval_tol, fp.eval_max_iter = tol, 100
+    model.eval()
+    with torch.no_grad():
+        info = model(x).infos[0]
+    fp.eval_tol, fp.eval_max_iter = old
+    return float(info.steps.float().mean()), float(info.converged.float().mean())
+
+
+def _jr_rows(make: Callable[[JacobianRegConfig], DEQMLP], train, test, x_probe: Tensor, epochs: int, weights,
+             task: str, lr: float, tol: float, batch: int, seed: int) -> list[Row]:
+    rows = []
+    for w in weights:
+        torch.manual_seed(seed)
+        model = make(JacobianRegConfig(weight=w, prob=1.0 if w else 1.0))
+        jf0 = jacobian_norm(model, x_probe)
+        s0, _ = _eval_steps(model, x_probe, tol)
+        final, _ = _train(model, train, test, epochs, batch=batch, lr=lr, seed=seed, task=task)
+        s1, c1 = _eval_steps(model, x_probe, tol)
+        vals: dict = {"‖J‖_F init": jf0, "‖J‖_F trained": jacobian_norm(model, x_probe),
+                      f"steps to {tol:g} init": s0, f"steps to {tol:g} trained": s1, "converged %": 100 * c1}
+        if task == "classification":
+            vals["test acc %"] = 100 * final["eval_acc"]
+        else:
+            vals["test mse"] = final["eval_loss"]
+        vals["s / epoch"] = final["epoch_s"]
+        rows.append(Row(f"jac reg weight {w:g}", vals))
+    return rows
+
+
+def jacobian_regularization(epochs: int = 10, width: int = 64, weights=(0.0, 4.0), tol: float = 1e-4,
+                            seed: int = 0) -> list[Row]:
+    """DEQ (MLP) on digits with and without the Jacobian penalty: solver steps, ||J||_F, accuracy."""
+    split = load_digits()
+
+    def make(jr: JacobianRegConfig) -> DEQMLP:
+        cfg = SolveConfig(tol=1e-3, max_iter=30, jacobian=jr)
+        return DEQMLP(64, 10, width=width, cfg=cfg)
+
+    return _jr_rows(make, split.train, split.test, split.x_test, epochs, weights, "classification", 1e-3, tol, 64, seed)
+
+
+def synthetic_1d(epochs: int = 30, width: int = 32, weights=(0.0, 0.1, 1.0), tol: float = 1e-4, n: int = 1024,
+                 seed: int = 0) -> list[Row]:
+    """1-D synthetic regression in the spirit of the 1-D illustration of Bai et al. (2021): ``x ~ U[-2, 2]``,
+    ``y = sin(3x) + 0.5 x`` plus noise (std 0.05), fitted by a DEQ with a ``width``-dimensional state."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, generator=g) * 4 - 2
+    y = torch.sin(3 * x) + 0.5 * x + 0.05 * torch.randn(n, 1, generator=g)
+    xt = torch.linspace(-2, 2, 256)[:, None]
+    yt = torch.sin(3 * xt) + 0.5 * xt
+
+    def make(jr: JacobianRegConfig) -> DEQMLP:
+        cfg = SolveConfig(tol=1e-3, max_iter=30, jacobian=jr)
+        return DEQMLP(1, 1, width=width, cfg=cfg)
+
+    return _jr_rows(make, TensorDataset(x, y), TensorDataset(xt, yt), xt, epochs, weights, "regression", 3e-3, tol,
+                    64, seed)
+
+
+# ------------------------------------------------------------------------- SIM vs DEQ vs MDEQ
+def width_for_budget(make: Callable[[int], nn.Module], budget: int, candidates) -> int:
+    """The candidate width whose model's parameter count is closest to ``budget``."""
+    return min(candidates, key=lambda w: abs(count_parameters(make(w)) - budget))
+
+
+def equal_parameter_comparison(epochs: int = 10, budget: int = 20_000, seed: int = 0,
+                               include_mdeq: bool = True) -> list[Row]:
+    """SIM (single / two tier), DEQ (MLP) and MDEQ on digits with about ``budget`` parameters each (the DEQ
+    solves are capped at 15 forward / 15 adjoint iterations to keep the CPU run short)."""
+    flat, img = load_digits(flat=True), load_digits(flat=False)
+    makers: dict[str, tuple[Callable[[int], nn.Module], range, bool]] = {
+        "SIM single-tier": (lambda w: SIMClassifier(64, 10, "single", width=w, tier_dim=w), range(16, 160, 2), True),
+        "SIM two-tier": (lambda w: SIMClassifier(64, 10, "two", width=w, tier_dim=32, rff_dim=2 * w),
+                         range(16, 160, 2), True),
+        "DEQ (MLP, implicit)": (lambda w: DEQMLP(64, 10, width=w, cfg=SolveConfig(tol=1e-3, max_iter=15,
+                                                                                   backward_max_iter=15)),
+                                range(16, 200, 4), True),
+    }
+    if include_mdeq:
+        makers["MDEQ (2 scales, implicit)"] = (
+            lambda c: MDEQClassifier(1, 10, channels=(c, 2 * c), groups=4,
+                                     cfg=SolveConfig(tol=1e-3, max_iter=15, backward_max_iter=15)),
+            range(4, 40, 4), False)
+    rows = []
+    for name, (make, cands, is_flat) in makers.items():
+        w = width_for_budget(make, budget, cands)
+        torch.manual_seed(seed)
+        model = make(w)
+        data = flat if is_flat else img
+        final, _ = _train(model, data.train, data.test, epochs, seed=seed)
+        rows.append(Row(name, {"width": w, "params": count_parameters(model), "test acc %": 100 * final["eval_acc"],
+                               "s / epoch": final["epoch_s"], "fwd steps": final.get("eval_forward_steps", 0.0)}))
+    return rows
+
+
+# --------------------------------------------------------------------------- character-level LM
+def char_lm(steps: int = 200, d_model: int = 64, seq_len: int = 64, batch: int = 16, depth: int = 6,
+            eval_windows: int = 64, max_chars: int | None = 200_000, seed: int = 0) -> list[Row]:
+    """DEQ-Transformer vs the same layer unrolled ``depth`` times (same parameters) on the CPython docs
+    corpus (``pydoc_data.topics``): validation perplexity after ``steps`` steps, time, training memory."""
+    from problems.zoo.memory import SavedTensorBytes
+
+    corpus = load_python_docs_corpus(max_chars=max_chars)
+    train = TokenWindows(corpus.train, seq_len)
+    valid = Subset(TokenWindows(corpus.valid, seq_len), range(min(eval_windows, len(corpus.valid) // seq_len - 1)))
+    rows = []
+    variants = {
+        "DEQ-Transformer": dict(depth=None, cfg=SolveConfig(tol=1e-3, max_iter=30, backward_tol=1e-3)),
+        f"explicit, {depth} tied layers": dict(depth=depth),
+        "DEQ-TrellisNet": dict(depth=None, layer="trellis", cfg=SolveConfig(tol=1e-3, max_iter=30, backward_tol=1e-3)),
+    }
+    for name, kw in variants.items():
+        torch.manual_seed(seed)
+        model = DEQLanguageModel(len(corpus.vocab), d_model, kw.pop("layer", "transformer"), max_len=seq_len, **kw)
+        epochs = math.ceil(steps / math.ceil(len(train) / batch))
+        final, trainer = _train(model, train, _ListDataset(valid), epochs, batch=batch, lr=2e-3, seed=seed, task="lm",
+                                max_steps=steps)
+        x, _ = train[torch.arange(batch)]
+        model.train()
+        with SavedTensorBytes(model) as saved:
+            out = model(x)
+            loss = out.logits.float().mean()
+        loss.backward()
+        rows.append(Row(name, {"params": count_parameters(model), "valid ppl": final["eval_ppl"],
+                               "valid bpc": final["eval_loss"] / math.log(2), "ms / step": final["step_ms"],
+                               "train act. MB": saved.bytes / 2**20,
+                               "fwd steps": final.get("eval_forward_steps", 0.0)}))
+    return rows
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    """Materialise a small ``Subset`` of windows as tensors (the trainer fetches it vectorised)."""
+
+    def __new__(cls, subset):
+        xs, ys = zip(*(subset[i] for i in range(len(subset))))
+        return TensorDataset(torch.stack(xs), torch.stack(ys))
