@@ -1,0 +1,276 @@
+"""Nash fixed point network (N-FPN): predict the equilibrium of a contextual game as the fixed point of a
+projected-gradient map of a *learned* game (Heaton, McKenzie, Li, Wu Fung, Osher, Yin, "Learn to predict
+equilibria via fixed point networks").
+
+Learned game.  A small network maps the context ``d`` to two ``n x m`` matrices ``Z(d)``, ``G_raw(d)`` and
+(optionally, ``linear_terms``) a vector ``q(d) = (q_x(d), q_y(d))`` in ``R^{n+m}``::
+
+    G(d) = gamma * G_raw(d) / max(1, ||G_raw(d)||_F)         (common-interest part, ||G||_2 <= gamma)
+    A_theta(d) = Z(d) + G(d),   B_theta(d) = -Z(d) + G(d)    (player payoffs)
+
+and each player maximises its bilinear payoff minus a linear term and a quadratic regulariser ``mu/2 ||.||^2``:
+player 1 ``x^T A_theta y - q_x^T x - mu/2 ||x||^2``, player 2 ``x^T B_theta y - q_y^T y - mu/2 ||y||^2``.
+The game gradient (the stacked gradients of the players' *costs*) of ``z = (x, y)`` is affine::
+
+    F_theta(z; d) = J(d) z + q(d),     J(d) = [[ mu I,          -A_theta(d) ],
+                                               [ -B_theta(d)^T,  mu I        ]]
+
+Its symmetric part is ``[[mu I, -G], [-G^T, mu I]] >= (mu - ||G||_2) I >= (mu - gamma) I``, so ``F_theta`` is
+strongly monotone with modulus ``s(d) = lambda_min(sym J(d)) >= mu - gamma > 0`` and Lipschitz with
+``L(d) = ||J(d)||_2``.  The learned game therefore has exactly one equilibrium, the solution of the
+variational inequality::
+
+    find z* in C = Delta_n x Delta_m  with  <F_theta(z*; d), z - z*> >= 0  for all z in C,
+
+equivalently the fixed point of the projected-gradient map ``T(z; d) = P_C(z - alpha F_theta(z; d))`` for
+any ``alpha > 0``.  With the per-sample step ``alpha(d) = s(d) / L(d)^2`` the map is a contraction,
+``||T(z) - T(z')|| <= sqrt(1 - s^2 / L^2) ||z - z'||``, so the forward solve converges and JFB (which
+differentiates one application of ``T`` at the fixed point) gives a descent direction.  The step size is
+treated as a constant of the map (detached): it does not change the fixed point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import fpntools
+from fpntools.errors import UserInputError
+from fpntools.info import FixedPointInfo
+from fpntools.operators import AffineSet, DavisYin, Nonnegative, SimplexProduct
+
+__all__ = ["NFPNConfig", "GameOperator", "LearnedGame", "NashFPN", "check_context_tensor", "simplex_product"]
+
+
+def simplex_product(n: int, m: int) -> SimplexProduct:
+    """The projection ``P_C`` onto ``C = Delta_n x Delta_m`` of flat states ``(B, n + m)``."""
+    return SimplexProduct((n, m))
+
+
+def block_sums(n: int, m: int) -> AffineSet:
+    """Projection onto the affine hull ``{z : sum x = 1, sum y = 1}`` of ``C`` (Davis-Yin's ``prox_f``)."""
+    S = torch.zeros(2, n + m, dtype=torch.float64)
+    S[0, :n], S[1, n:] = 1.0, 1.0
+    return AffineSet(S, torch.ones(2, dtype=torch.float64))
+
+
+def check_context_tensor(d: Any, context_dim: int) -> Tensor:
+    """Validate contexts for a model: a finite floating tensor of shape ``(B, context_dim)``.
+
+    A single context ``(context_dim,)`` is promoted to ``(1, context_dim)``; numpy arrays are converted.
+    Raises :class:`~fpntools.errors.UserInputError` naming the wrong shape or the non-finite entry.
+    """
+    if not isinstance(d, Tensor):
+        try:
+            d = torch.as_tensor(d, dtype=torch.get_default_dtype())
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise UserInputError(f"context must be a numeric tensor, got {type(d).__name__}: {exc}") from None
+    if not d.is_floating_point():
+        d = d.to(torch.get_default_dtype())
+    if d.ndim == 1:
+        d = d.unsqueeze(0)
+    if d.ndim != 2 or d.shape[1] != context_dim:
+        raise UserInputError(
+            f"context must have shape (batch, {context_dim}) (context dimension {context_dim}), got {tuple(d.shape)}"
+        )
+    if not bool(torch.isfinite(d).all()):
+        bad = torch.nonzero(~torch.isfinite(d))[0].tolist()
+        raise UserInputError(f"context holds a non-finite value (NaN or inf) at index {tuple(bad)}")
+    return d
+
+
+@dataclass
+class NFPNConfig:
+    """Hyper-parameters of :class:`NashFPN`.
+
+    Attributes:
+        hidden, layers: width and number of hidden layers of the payoff network ``d -> (Z, G_raw)``.
+        mu: quadratic regulariser ``mu`` of both players (the monotone part of ``F_theta``).
+        gamma: bound on the common-interest part, ``||G||_F <= gamma``; must be below ``mu`` (modulus
+            ``mu - gamma``). ``gamma = 0`` restricts the learned games to zero-sum (plus regulariser).
+        solver: forward solver of :func:`fpntools.fixed_point` (``"anderson"``, ``"picard"``, ...).
+        tol, max_iter: forward stopping rule (absolute residual ``||T(z) - z||``), training and evaluation.
+        splitting: ``"pg"``, the projected-gradient map ``T(z) = P_C(z - alpha F(z))`` with the exact
+            simplex-product projection, or ``"davis-yin"``: :class:`fpntools.operators.DavisYin` with
+            ``prox_g`` the projection onto ``z >= 0``, ``prox_f`` the projection onto the affine hull
+            ``{sum x = 1, sum y = 1}`` and ``grad_h = F_theta`` (cocoercive with constant ``s / L^2``), step
+            ``min_batch alpha(d)``; its fixed point ``w*`` gives the equilibrium ``z* = max(w*, 0)``.
+        linear_terms: also learn linear payoff terms ``q(d) = (q_x, q_y)`` (player 1 maximises
+            ``x^T A y - q_x^T x - mu/2 ||x||^2``, likewise player 2), so ``F_theta(z) = J z + q``.
+    """
+
+    hidden: int = 64
+    layers: int = 2
+    mu: float = 1.0
+    gamma: float = 0.5
+    solver: str = "anderson"
+    tol: float = 1e-6
+    max_iter: int = 200
+    splitting: str = "pg"
+    linear_terms: bool = True
+
+    def __post_init__(self) -> None:
+        if self.splitting not in ("pg", "davis-yin"):
+            raise UserInputError(f"splitting must be 'pg' or 'davis-yin', got {self.splitting!r}")
+        if not 0.0 <= self.gamma < self.mu:
+            raise UserInputError(f"need 0 <= gamma < mu for a strongly monotone game, got gamma={self.gamma}, mu={self.mu}")
+        if self.hidden < 1 or self.layers < 0:
+            raise UserInputError(f"hidden must be >= 1 and layers >= 0, got {self.hidden}, {self.layers}")
+
+
+def mlp(inp: int, out: int, hidden: int, layers: int) -> nn.Sequential:
+    """``layers`` hidden ``Linear + GELU`` blocks of width ``hidden`` followed by a linear read-out."""
+    mods: list[nn.Module] = []
+    width = inp
+    for _ in range(layers):
+        mods += [nn.Linear(width, hidden), nn.GELU()]
+        width = hidden
+    mods.append(nn.Linear(width, out))
+    return nn.Sequential(*mods)
+
+
+@dataclass
+class GameOperator:
+    """The learned game gradient of a batch, ``F(z) = J z + q``, with the step ``alpha`` of its map.
+
+    Attributes:
+        J: ``(B, N, N)``, ``N = n + m``.
+        q: ``(B, N)`` linear payoff terms (zeros when ``NFPNConfig.linear_terms`` is off).
+        alpha: ``(B, 1)`` step ``s / L^2`` (detached).
+    """
+
+    J: Tensor
+    q: Tensor
+    alpha: Tensor
+
+    def __call__(self, z: Tensor) -> Tensor:
+        """``F(z) = J z + q`` for flat states ``z`` of shape ``(B, N)``."""
+        return torch.baddbmm(self.q.unsqueeze(-1), self.J, z.unsqueeze(-1)).squeeze(-1)
+
+
+class LearnedGame(nn.Module):
+    """``d -> (A_theta(d), B_theta(d), q_theta(d))`` and the operator ``F_theta(.; d)`` (module docs)."""
+
+    def __init__(self, n: int, m: int, context_dim: int, config: NFPNConfig) -> None:
+        super().__init__()
+        self.n, self.m, self.context_dim, self.config = n, m, context_dim, config
+        extra = n + m if config.linear_terms else 0
+        self.net = mlp(context_dim, 2 * n * m + extra, config.hidden, config.layers)
+
+    def payoffs(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Learned payoff matrices ``A_theta(d), B_theta(d)`` ``(B, n, m)`` and linear terms ``q`` ``(B, n + m)``."""
+        out = self.net(d)
+        k = self.n * self.m
+        raw = out[:, : 2 * k].reshape(-1, 2, self.n, self.m)
+        Z, G_raw = raw[:, 0], raw[:, 1]
+        scale = G_raw.flatten(1).norm(dim=1).clamp_min(1.0).view(-1, 1, 1)
+        G = self.config.gamma * G_raw / scale
+        q = out[:, 2 * k :] if self.config.linear_terms else out.new_zeros(out.shape[0], self.n + self.m)
+        return Z + G, -Z + G, q
+
+    def operator(self, d: Tensor) -> GameOperator:
+        """``F_theta(.; d)``: ``J(d) = [[mu I, -A], [-B^T, mu I]]``, ``q(d)`` and the step ``alpha(d)``."""
+        A, B, q = self.payoffs(d)
+        mu, batch = self.config.mu, A.shape[0]
+        eye_n = torch.eye(self.n, dtype=A.dtype, device=A.device).expand(batch, -1, -1)
+        eye_m = torch.eye(self.m, dtype=A.dtype, device=A.device).expand(batch, -1, -1)
+        J = torch.cat([torch.cat([mu * eye_n, -A], dim=2), torch.cat([-B.transpose(1, 2), mu * eye_m], dim=2)], dim=1)
+        return GameOperator(J, q, self.step_size(J))
+
+    @staticmethod
+    def moduli(J: Tensor) -> tuple[Tensor, Tensor]:
+        """Strong-monotonicity modulus ``s = lambda_min(sym J)`` and Lipschitz constant ``L = ||J||_2`` (detached)."""
+        with torch.no_grad():
+            s = torch.linalg.eigvalsh(0.5 * (J + J.transpose(1, 2)))[:, 0]
+            L = torch.linalg.matrix_norm(J, ord=2)
+        return s, L
+
+    @classmethod
+    def step_size(cls, J: Tensor) -> Tensor:
+        """Per-sample ``alpha = s / L^2`` (detached), shape ``(B, 1)``."""
+        s, L = cls.moduli(J)
+        return (s / L**2).unsqueeze(1)
+
+
+class NashFPN(nn.Module):
+    """N-FPN: ``z*(d) = (x*, y*)``, the fixed point of ``T(z; d) = P_C(z - alpha(d) F_theta(z; d))``.
+
+    ``forward(d, z0=None)`` returns ``(z*, info)`` with ``z*`` of shape ``(B, n + m)`` (first ``n`` entries
+    player 1's strategy) solved by :func:`fpntools.fixed_point` with the configured solver and the
+    ``backward`` mode (JFB by default); ``predict(d)`` returns ``z*`` only.
+    """
+
+    def __init__(self, n: int, m: int, context_dim: int, config: NFPNConfig | None = None, backward: str = "jfb") -> None:
+        super().__init__()
+        self.config = config or NFPNConfig()
+        self.n, self.m, self.context_dim = n, m, context_dim
+        self.game = LearnedGame(n, m, context_dim, self.config)
+        self.backward = backward
+        self.project = simplex_product(n, m)
+        self.affine = block_sums(n, m)
+        self.nonneg = Nonnegative()
+
+    def initial_state(self, d: Tensor) -> Tensor:
+        """Uniform strategies for both players."""
+        return torch.cat(
+            [torch.full((d.shape[0], self.n), 1.0 / self.n), torch.full((d.shape[0], self.m), 1.0 / self.m)], dim=1
+        ).to(d)
+
+    def operator(self, d: Tensor) -> GameOperator:
+        """The learned game gradient ``F_theta(.; d)`` of (validated) contexts ``d``."""
+        return self.game.operator(check_context_tensor(d, self.context_dim))
+
+    def step(self, z: Tensor, F: GameOperator) -> Tensor:
+        """One projected-gradient step ``T(z) = P_C(z - alpha F(z))``."""
+        return self.project(z - F.alpha * F(z))
+
+    def forward(self, d: Tensor, z0: Tensor | None = None) -> tuple[Tensor, FixedPointInfo]:
+        d = check_context_tensor(d, self.context_dim)
+        F = self.game.operator(d)
+        z0 = self.initial_state(d) if z0 is None else z0
+        opts: dict[str, Any] = dict(
+            solver=self.config.solver,
+            backward=self.backward,
+            tol=self.config.tol,
+            max_iter=self.config.max_iter,
+            stop_mode="abs",
+        )
+        if self.config.splitting == "davis-yin":
+            T = self.davis_yin(F)
+            w, info = fpntools.fixed_point(T, z0, **opts)
+            return T.solution(w), info
+        return fpntools.fixed_point(lambda z: self.step(z, F), z0, **opts)
+
+    def davis_yin(self, F: GameOperator) -> DavisYin:
+        """The Davis-Yin map for the learned VI (see :class:`NFPNConfig`), step ``min_batch alpha``."""
+        return DavisYin(self.affine, self.nonneg, F, step=float(F.alpha.min()))
+
+    def predict(self, d: Tensor) -> Tensor:
+        """The predicted equilibrium ``z*(d)`` (no info)."""
+        return self.forward(d)[0]
+
+    # ---- certificates of the learned game ---------------------------------------------------------------
+    def vi_residual(self, z: Tensor, d: Tensor, alpha: float = 1.0) -> Tensor:
+        """Projected-gradient (natural) residual ``||z - P_C(z - alpha F_theta(z; d))||`` per sample.
+
+        Zero exactly at the learned game's equilibrium, for every ``alpha > 0`` (not only the solver's step).
+        """
+        F = self.operator(d)
+        return (z - self.project(z - alpha * F(z))).norm(dim=1)
+
+    def vi_gap(self, z: Tensor, d: Tensor) -> Tensor:
+        """VI gap ``max_{w in C} <F_theta(z; d), z - w> = <F, z> - min_i F_x,i - min_j F_y,j`` per sample.
+
+        Nonnegative on ``C`` and zero exactly when ``z`` solves the learned game's VI (its Nash equilibrium).
+        """
+        F = self.operator(d)(z)
+        Fx, Fy = F[:, : self.n], F[:, self.n :]
+        return (F * z).sum(dim=1) - Fx.min(dim=1).values - Fy.min(dim=1).values
+
+    def contraction_factor(self, d: Tensor) -> Tensor:
+        """Bound ``sqrt(1 - s^2 / L^2)`` on the Lipschitz constant of ``T(.; d)`` per sample."""
+        s, L = LearnedGame.moduli(self.operator(d).J)
+        return torch.sqrt((1 - s**2 / L**2).clamp_min(0.0))

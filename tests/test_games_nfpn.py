@@ -1,0 +1,167 @@
+"""The Nash fixed point network: its fixed point is the equilibrium of its own learned game; training works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fpntools
+from fpntools.errors import UserInputError
+from problems.games.baselines import ConstantPredictor, MLPRegressor
+from problems.games.data import GameDataConfig, make_dataset, nash_gap_torch
+from problems.games.model import NashFPN, NFPNConfig
+from problems.games.train import TrainConfig, evaluate, train_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is several times faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def rps_data():
+    return make_dataset(GameDataConfig(family="rps", n_train=96, n_test=48))
+
+
+def _model(n: int = 3, m: int = 4, p: int = 5, **kw) -> NashFPN:
+    torch.manual_seed(0)
+    model = NashFPN(n, m, p, NFPNConfig(hidden=16, **kw))
+    with torch.no_grad():  # larger payoffs than at initialisation: boundary equilibria, a harder solve
+        model.game.net[-1].weight.mul_(8.0)
+    return model
+
+
+@pytest.mark.parametrize("splitting", ["pg", "davis-yin"])
+def test_fixed_point_solves_its_own_learned_game(splitting):
+    model = _model(splitting=splitting, tol=1e-11, max_iter=500).double()
+    d = torch.rand(16, 5, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        z, info = model(d)
+    assert info.status == fpntools.Status.CONVERGED
+    x, y = z[:, :3], z[:, 3:]
+    torch.testing.assert_close(x.sum(1), torch.ones(16, dtype=torch.float64))
+    torch.testing.assert_close(y.sum(1), torch.ones(16, dtype=torch.float64))
+    assert z.min() >= 0
+    assert (z < 1e-12).any(), "expected some boundary (partial-support) equilibria"
+    with torch.no_grad():
+        # natural residual of the VI for step sizes other than the solver's: zero only at the solution
+        for alpha in (1.0, 0.1, 10.0):
+            assert model.vi_residual(z, d, alpha).max() < 1e-8 * max(alpha, 1.0)
+        # VI gap max_w <F(z), z - w> over the simplex product (Nash gap of the regularised learned game)
+        assert model.vi_gap(z, d).abs().max() < 1e-8
+        # ... while a non-solution has a clearly positive gap
+        assert model.vi_gap(model.initial_state(d), d).min() > 1e-3
+        assert model.contraction_factor(d).max() < 1.0
+
+
+def test_projected_gradient_and_davis_yin_agree():
+    pg, dy = _model(), _model(splitting="davis-yin")
+    dy.load_state_dict(pg.state_dict())
+    d = torch.rand(16, 5) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(pg(d)[0], dy(d)[0], atol=1e-4, rtol=0)
+
+
+def test_fixed_point_matches_an_independent_solve():
+    """Anderson + default tolerance agrees with long plain projected-gradient iterations (Picard)."""
+    model = _model(gamma=0.8)
+    d = torch.rand(8, 5) * 2 - 1
+    with torch.no_grad():
+        z, _ = model(d)
+        F = model.operator(d)
+        w = model.initial_state(d)
+        for _ in range(3000):
+            w = model.step(w, F)
+    torch.testing.assert_close(z, w, atol=1e-5, rtol=0)
+
+
+def test_learned_game_is_strongly_monotone():
+    model = _model(mu=1.0, gamma=0.6)
+    d = torch.rand(32, 5) * 2 - 1
+    with torch.no_grad():
+        J = model.operator(d).J
+        s = torch.linalg.eigvalsh(0.5 * (J + J.transpose(1, 2)))[:, 0]
+        A, B, _ = model.game.payoffs(d)
+    assert s.min() >= 1.0 - 0.6 - 1e-5
+    # general-sum part bounded, zero-sum part free
+    assert ((A + B) / 2).flatten(1).norm(dim=1).max() <= 0.6 + 1e-5
+
+
+def test_jfb_training_lowers_the_loss(rps_data):
+    train, test = rps_data
+    torch.manual_seed(0)
+    model = NashFPN(3, 3, 4, NFPNConfig(hidden=32))
+    d, z_star = train.tensors()
+    with torch.no_grad():
+        before = ((model(d)[0] - z_star) ** 2).sum(1).mean().item()
+    # gradients reach the payoff network through the JFB surrogate
+    z, _ = model(d[:8])
+    ((z - z_star[:8]) ** 2).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert sum(float(p.grad.abs().sum()) for p in model.parameters()) > 0
+    model.zero_grad()
+    history = train_model(model, train, TrainConfig(epochs=4, batch_size=24, lr=1e-2))
+    with torch.no_grad():
+        after = ((model(d)[0] - z_star) ** 2).sum(1).mean().item()
+    assert after < 0.5 * before
+    assert history[-1]["loss"] < history[0]["loss"]
+    metrics = evaluate(model, test)
+    constant = evaluate(ConstantPredictor(3, 3, 4).fit(z_star), test)
+    assert metrics["err"] < constant["err"] and metrics["gap"] < constant["gap"]
+    assert metrics["fp_converged"] == 1.0
+
+
+def test_checkpoint_resume_continues(tmp_path, rps_data):
+    train, _ = rps_data
+    ckpt = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    model = MLPRegressor(3, 3, 4, hidden=8)
+    cfg = TrainConfig(epochs=2, batch_size=32, checkpoint=str(ckpt), checkpoint_every=1)
+    train_model(model, train, cfg)
+    assert ckpt.is_file()
+    model2 = MLPRegressor(3, 3, 4, hidden=8)
+    cfg.epochs, cfg.resume = 4, True
+    history = train_model(model2, train, cfg)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_nash_gap_torch_matches_numpy():
+    train, _ = make_dataset(GameDataConfig(family="general", n_train=16, n_test=0))
+    z = torch.as_tensor(np.random.default_rng(0).dirichlet(np.ones(3), size=(16, 2)).reshape(16, 6))
+    got = nash_gap_torch(torch.as_tensor(train.A), torch.as_tensor(train.B), z).numpy()
+    np.testing.assert_allclose(got, train.nash_gap(z), atol=1e-12)
+
+
+def test_bad_inputs_give_clear_errors():
+    model = _model()
+    with pytest.raises(UserInputError, match=r"shape \(batch, 5\).*got \(2, 4\)"):
+        model(torch.zeros(2, 4))
+    with pytest.raises(UserInputError, match="non-finite"):
+        model(torch.tensor([[0.0, 0.0, float("nan"), 0.0, 0.0]]))
+    with pytest.raises(UserInputError, match="non-finite"):
+        MLPRegressor(3, 4, 5)(torch.full((1, 5), float("inf")))
+    with pytest.raises(UserInputError, match="gamma < mu"):
+        NFPNConfig(mu=0.5, gamma=0.5)
+    # a single context is promoted to a batch of one
+    with torch.no_grad():
+        assert model(torch.zeros(5))[0].shape == (1, 7)
+
+
+@pytest.mark.slow
+def test_bench_rps_nfpn_is_accurate():
+    """A short version of ``fpntools games bench`` (about a minute): N-FPN far better than the constant
+    predictor and at least on par with the MLP regressor, all on certified targets."""
+    from problems.games.cli import run_bench
+
+    rows, summary = run_bench(GameDataConfig(family="rps", n_train=500, n_test=200), epochs=40)
+    r = {row["model"]: row for row in rows}
+    assert summary["max_target_gap"] < 1e-12
+    assert r["nfpn"]["err"] < 0.1 * r["constant"]["err"]
+    assert r["nfpn"]["gap"] < 0.1 * r["constant"]["gap"]
+    assert r["nfpn"]["err"] < 1.5 * r["mlp"]["err"]
+    assert r["nfpn"]["fp_converged"] == 1.0
