@@ -1,0 +1,184 @@
+"""``fpntools traffic bench``: N-FPN versus baselines on certified contextual equilibria.
+
+Per network: data sizes, the equilibrium solver's cost and certified gap over the dataset, the N-FPN's test
+relative L2 error, TRAFIX, Wardrop gap of its predictions under the true costs and demand, its CPU time per
+prediction, and the baselines (constant = mean training flow; MLP context -> link flows).  A figure of the
+network coloured by true and predicted flow (and their relative difference) is written as PNG.
+
+The N-FPN is read from ``<models>/<network>/model.{json,safetensors}`` (written by ``fpntools traffic train``),
+or the shipped model for Sioux Falls when its data settings match; otherwise it is trained with ``epochs``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fpntools.errors import UserInputError
+from problems.traffic.tntp import Network, tntp_files
+
+__all__ = ["BenchRow", "bench_network", "format_table", "plot_flows"]
+
+
+@dataclass
+class BenchRow:
+    """One network's numbers (see the module docstring)."""
+
+    network: str
+    links: int
+    n_train: int
+    n_test: int
+    solver_s_per_sample: float
+    solver_sweeps: float
+    max_gap: float
+    nfpn_rel_l2: float
+    nfpn_trafix: float
+    nfpn_wardrop_gap: float
+    nfpn_conservation: float
+    nfpn_cpu_s: float
+    nfpn_train_cpu_s: float
+    const_rel_l2: float
+    const_trafix: float
+    mlp_rel_l2: float
+    mlp_trafix: float
+
+
+def _model_for(name: str, models: Path, cfg, epochs: int | None, progress: bool):
+    from problems.traffic.train import DEFAULT_MODEL, load_model, train
+
+    candidates = [models / name / "model"]
+    if name == "SiouxFalls":
+        candidates.append(DEFAULT_MODEL)
+    for c in candidates:
+        if c.with_suffix(".json").is_file():
+            try:
+                m = load_model(c)
+            except UserInputError:
+                continue
+            data = m.meta.get("extra", {}).get("config", {})
+            if all(str(data.get(k)) == str(getattr(cfg, k)) for k in ("n_train", "n_test", "data_seed", "gap")):
+                return m, float(m.meta["extra"].get("train_cpu_s", float("nan")))
+    if epochs is not None:
+        cfg.epochs = epochs
+    model, summary = train(cfg, models / name, progress=progress)
+    return model, summary["train_cpu_s"]
+
+
+def bench_network(name: str, n_train: int, n_test: int, gap: float = 1e-8, models: str | Path = "runs/traffic",
+                  epochs: int | None = None, figure: str | Path | None = None, progress: bool = False) -> BenchRow:
+    """Benchmark one network (see the module docstring)."""
+    from problems.traffic.train import TrainConfig, baselines, evaluate, load_data
+
+    cfg = TrainConfig(network=name, n_train=n_train, n_test=n_test, gap=gap)
+    net, _, tr, te = load_data(cfg, progress=progress)
+    model, train_cpu = _model_for(name, Path(models), cfg, epochs, progress)
+    met = evaluate(model, te)
+    base = baselines(tr, te)
+    allt = np.concatenate([tr.times, te.times])
+    alli = np.concatenate([tr.iterations, te.iterations])
+    if figure is not None:
+        import torch
+
+        with torch.no_grad():
+            pred, _ = model(torch.as_tensor(te.contexts[:1]))
+        plot_flows(net, te.flows[0], pred[0].numpy(), figure)
+    return BenchRow(
+        network=name, links=net.num_links, n_train=len(tr), n_test=len(te),
+        solver_s_per_sample=float(allt.mean()), solver_sweeps=float(alli.mean()),
+        max_gap=float(max(tr.gaps.max(), te.gaps.max())),
+        nfpn_rel_l2=met["rel_l2"], nfpn_trafix=met["trafix"], nfpn_wardrop_gap=met["wardrop_gap"],
+        nfpn_conservation=met["conservation"],
+        nfpn_cpu_s=met["cpu_s_per_sample"], nfpn_train_cpu_s=train_cpu,
+        const_rel_l2=base["constant"]["rel_l2"], const_trafix=base["constant"]["trafix"],
+        mlp_rel_l2=base["mlp"]["rel_l2"], mlp_trafix=base["mlp"]["trafix"],
+    )
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """A markdown table of the rows."""
+    head = ("| network | links | train / test | solver wall s/sample (sweeps) | max gap | N-FPN rel. L2 | N-FPN TRAFIX "
+            "| N-FPN Wardrop gap | N-FPN conservation | N-FPN CPU s/pred | train CPU s | const rel. L2 (TRAFIX) "
+            "| MLP rel. L2 (TRAFIX) |")
+    sep = "|" + "---|" * 13
+    lines = [head, sep]
+    for r in rows:
+        lines.append(
+            f"| {r.network} | {r.links} | {r.n_train} / {r.n_test} | {r.solver_s_per_sample:.2f} ({r.solver_sweeps:.1f})"
+            f" | {r.max_gap:.1e} | {r.nfpn_rel_l2:.2e} | {r.nfpn_trafix:.3f} | {r.nfpn_wardrop_gap:.2e}"
+            f" | {r.nfpn_conservation:.2e}"
+            f" | {r.nfpn_cpu_s:.2f} | {r.nfpn_train_cpu_s:.0f} | {r.const_rel_l2:.2e} ({r.const_trafix:.3f})"
+            f" | {r.mlp_rel_l2:.2e} ({r.mlp_trafix:.3f}) |")
+    return "\n".join(lines)
+
+
+def _coordinates(network: Network) -> np.ndarray:
+    """Node coordinates from ``*_node.tntp`` when present, else a Kamada-Kawai layout."""
+    try:
+        folder = tntp_files(network.name)["net"].parent
+        nodes = sorted(folder.glob("*_node.tntp"))
+    except (KeyError, FileNotFoundError):
+        nodes = []
+    if nodes:
+        xy = np.zeros((network.num_nodes, 2))
+        for line in nodes[0].read_text().splitlines()[1:]:
+            parts = line.replace(";", " ").split()
+            if len(parts) >= 3:
+                k = int(parts[0]) - 1
+                if 0 <= k < network.num_nodes:
+                    xy[k] = float(parts[1]), float(parts[2])
+        return xy
+    import networkx as nx
+
+    g = nx.DiGraph()
+    g.add_nodes_from(range(network.num_nodes))
+    g.add_edges_from(zip(network.init.tolist(), network.term.tolist()))
+    pos = nx.kamada_kawai_layout(g.to_undirected())
+    return np.array([pos[k] for k in range(network.num_nodes)])
+
+
+def plot_flows(network: Network, true: np.ndarray, pred: np.ndarray, path: str | Path) -> Path:
+    """Three panels: true flow, predicted flow (same colour scale) and relative difference per link."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    xy = _coordinates(network)
+    seg = np.stack([xy[network.init], xy[network.term]], axis=1)
+    # offset the two directions of a two-way link slightly
+    d = seg[:, 1] - seg[:, 0]
+    n = np.stack([-d[:, 1], d[:, 0]], axis=1) / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    seg = seg + 0.006 * np.ptp(xy, axis=0).max() * n[:, None, :]
+    rel = (pred - true) / np.maximum(np.abs(true), 1e-9)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+    vmax = float(max(true.max(), pred.max()))
+    for ax, val, title, cmap, lim in ((axes[0], true, "true equilibrium flow", "viridis", (0, vmax)),
+                                      (axes[1], pred, "N-FPN predicted flow", "viridis", (0, vmax)),
+                                      (axes[2], rel, "relative difference", "coolwarm",
+                                       (-np.abs(rel).max(), np.abs(rel).max()))):
+        lc = LineCollection(seg, array=val, cmap=cmap, linewidths=2.5)
+        lc.set_clim(*lim)
+        ax.add_collection(lc)
+        ax.scatter(xy[:, 0], xy[:, 1], s=8, c="k", zorder=3)
+        ax.autoscale()
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title)
+        fig.colorbar(lc, ax=ax, shrink=0.7)
+    fig.suptitle(f"{network.name}: one test context")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rows_json(rows: list[BenchRow]) -> str:
+    """The rows as JSON (for records)."""
+    return json.dumps([asdict(r) for r in rows], indent=1)
