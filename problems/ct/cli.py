@@ -1,0 +1,290 @@
+"""``fpntools ct``: simulate, reconstruct, train and benchmark CT reconstructions.
+
+Commands:
+
+* ``fpntools ct simulate --phantom ellipses -n 4 --out sino.npy [--truth-out x.npy]``
+* ``fpntools ct reconstruct sino.npy --method fbp|tv|ffpn|unrolled --out rec.npy [--png rec.png] [--truth x.npy]``
+* ``fpntools ct train --model ffpn --epochs 10 --out weights.safetensors --checkpoint run.pt``
+* ``fpntools ct bench --n-test 16 --methods fbp,tv,ffpn,unrolled [--json results.json]``
+
+Geometry options (all commands): ``--size 128 --angles 30 --detectors 183 --angle-range 3.14159...
+--detector-width 1 [--fan --source-origin 256 --origin-detector 256]``; defaults are the toolbox contract.
+Sinogram files are ``.npy`` arrays ``(n_angles, n_detectors)`` or ``(N, n_angles, n_detectors)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import typer
+
+from fpntools.errors import UserInputError
+
+app = typer.Typer(help="CT reconstruction: FBP, TV, F-FPN and unrolled networks.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+
+from problems.ct.baselines import DEFAULT_TV_LAM  # noqa: E402  (tuned TV weight of the default problem)
+METHODS = ("fbp", "tv", "ffpn", "unrolled")
+
+
+def _geometry(size: int, angles: int, detectors: int, angle_range: float, detector_width: Optional[float],
+              fan: bool, source_origin: float, origin_detector: float):
+    from problems.ct.geometry import CTGeometry
+
+    try:
+        if fan:
+            kw = dict(image_size=size, n_angles=angles, n_detectors=detectors, angle_range=angle_range)
+            if detector_width is not None:
+                kw["detector_width"] = detector_width
+            return CTGeometry.fan(source_origin, origin_detector, **kw)
+        return CTGeometry(image_size=size, n_angles=angles, n_detectors=detectors, angle_range=angle_range,
+                          detector_width=1.0 if detector_width is None else detector_width)
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from exc
+
+
+# shared options -------------------------------------------------------------------------------------------
+SizeOpt = typer.Option(128, "--size", help="image side length (pixels)")
+AnglesOpt = typer.Option(30, "--angles", help="number of projection angles")
+DetOpt = typer.Option(183, "--detectors", help="detector pixels")
+RangeOpt = typer.Option(math.pi, "--angle-range", help="angular range in radians (fan beam: use 2 pi)")
+WidthOpt = typer.Option(None, "--detector-width", help="detector pixel width (default 1; fan: covers the image)")
+FanOpt = typer.Option(False, "--fan", help="fan beam (flat detector) instead of parallel beam")
+SoOpt = typer.Option(256.0, "--source-origin", help="fan beam: source to rotation axis distance")
+OdOpt = typer.Option(256.0, "--origin-detector", help="fan beam: rotation axis to detector distance")
+CacheOpt = typer.Option(None, "--cache-dir", help="cache for projection matrices and data sets")
+
+
+def _load_array(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise UserInputError(f"{what} file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise UserInputError(f"cannot read {what} file {path} as .npy: {exc}") from exc
+
+
+def _save_png(path: Path, images: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imgs = images[None] if images.ndim == 2 else images
+    n = imgs.shape[0]
+    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3), squeeze=False)
+    for ax, im in zip(axes[0], imgs):
+        ax.imshow(im, cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(..., "--out", help="output sinograms (.npy)"),
+    phantom: str = typer.Option("ellipses", help="ellipses | shepp-logan"),
+    n: int = typer.Option(1, "-n", help="number of phantoms (ellipses)"),
+    seed: int = typer.Option(0, help="phantom and noise seed"),
+    noise: float = typer.Option(0.015, help="relative noise level (sigma = noise * RMS(sinogram))"),
+    truth_out: Optional[Path] = typer.Option(None, "--truth-out", help="also save the phantoms (.npy)"),
+    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
+    detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
+    origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
+) -> None:
+    """Simulate noisy sinograms of phantoms."""
+    from problems.ct.phantoms import random_ellipses, shepp_logan
+    from problems.ct.phantoms import simulate as sim
+    from problems.ct.projector import ct_operator
+
+    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
+    if phantom == "ellipses":
+        x = random_ellipses(n, g.image_size, seed=seed)
+    elif phantom in ("shepp-logan", "shepp_logan", "shepp"):
+        x = shepp_logan(g.image_size)[None]
+    else:
+        raise UserInputError(f"unknown phantom {phantom!r}; use 'ellipses' or 'shepp-logan'")
+    y = sim(x, g, noise=noise, seed=seed, operator=ct_operator(g, cache_dir=cache_dir)).numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    y = y[0] if y.shape[0] == 1 else y
+    np.save(out, y)
+    if truth_out is not None:
+        np.save(truth_out, x[0] if x.shape[0] == 1 else x)
+    typer.echo(f"wrote {out} {y.shape} ({g.describe()}, noise {noise})")
+
+
+def _reconstruct(method: str, y: torch.Tensor, g, op, lam: float, filt: str, weights: Optional[Path],
+                 cache_dir, iters: int):
+    from problems.ct.baselines import fbp, tv_reconstruct
+
+    if method == "fbp":
+        return fbp(y, g, filter=filt), {}
+    if method == "tv":
+        return tv_reconstruct(y, op, lam=lam, n_iter=iters), {}
+    if method in ("ffpn", "unrolled"):
+        from problems.ct.train import load_model, shipped_weights
+
+        from fpntools.training.checkpoint import CheckpointError
+
+        try:
+            path = weights if weights is not None else shipped_weights(method)  # type: ignore[arg-type]
+            model, wg, meta = load_model(path, op=op)
+        except CheckpointError as exc:
+            raise UserInputError(str(exc)) from exc
+        if wg != g:
+            raise UserInputError(
+                f"weights {path} were trained for another geometry ({wg.describe()}); requested {g.describe()}"
+            )
+        with torch.no_grad():
+            u, info = model(y)
+        extra = {"steps": float(info.steps.double().mean()), "status": info.status.name} if info is not None else {}
+        return u, extra
+    raise UserInputError(f"unknown method {method!r}; use one of {METHODS}")
+
+
+@app.command()
+def reconstruct(
+    sinogram: Path = typer.Argument(..., help="sinogram(s) .npy: (n_angles, n_detectors) or (N, ...)"),
+    out: Path = typer.Option(..., "--out", help="reconstruction output (.npy)"),
+    method: str = typer.Option("ffpn", help="fbp | tv | ffpn | unrolled"),
+    weights: Optional[Path] = typer.Option(None, help="network weights (.safetensors; default: shipped)"),
+    lam: float = typer.Option(DEFAULT_TV_LAM, help="TV weight"),
+    iters: int = typer.Option(500, help="TV: PDHG iterations"),
+    filter: str = typer.Option("hann", "--filter", help="FBP filter: ram-lak shepp-logan cosine hamming hann"),
+    png: Optional[Path] = typer.Option(None, help="also save a PNG"),
+    truth: Optional[Path] = typer.Option(None, help="ground truth .npy: print PSNR / SSIM"),
+    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
+    detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
+    origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
+) -> None:
+    """Reconstruct images from sinograms."""
+    from problems.ct.metrics import psnr, ssim
+    from problems.ct.projector import ct_operator
+
+    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
+    y_np = _load_array(sinogram, "sinogram").astype(np.float32)
+    yb, batched = g.check_sinogram(torch.from_numpy(y_np), f"sinogram {sinogram}")
+    op = ct_operator(g, cache_dir=cache_dir)
+    t0 = time.perf_counter()
+    rec, extra = _reconstruct(method.lower(), yb, g, op, lam, filter, weights, cache_dir, iters)
+    dt = time.perf_counter() - t0
+    arr = rec.detach().cpu().numpy().astype(np.float32)
+    arr = arr if batched else arr[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, arr)
+    msg = f"{method}: wrote {out} {arr.shape} in {dt:.2f} s"
+    if extra:
+        msg += f" ({extra.get('steps', 0):.1f} fixed-point steps, {extra.get('status')})"
+    typer.echo(msg)
+    if png is not None:
+        _save_png(png, arr)
+    if truth is not None:
+        x = _load_array(truth, "ground truth").astype(np.float32)
+        if x.shape != arr.shape:
+            raise UserInputError(f"ground truth {truth} has shape {x.shape}, reconstruction {arr.shape}")
+        typer.echo(f"PSNR {float(psnr(arr, x).mean()):.2f} dB, SSIM {float(ssim(arr, x).mean()):.4f}")
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(Path("ct_ffpn.safetensors"), "--out", help="weights output (.safetensors + .json)"),
+    model: str = typer.Option("ffpn", help="ffpn | unrolled"),
+    epochs: int = typer.Option(10), batch_size: int = typer.Option(8), lr: float = typer.Option(2e-3),
+    lr_decay: float = typer.Option(0.93), n_train: int = typer.Option(200), n_val: int = typer.Option(8),
+    seed: int = typer.Option(0),
+    backward: str = typer.Option("jfb", help="F-FPN gradient: jfb | implicit | phantom"),
+    data_step: str = typer.Option("relaxed", help="relaxed (data-ball subgradient projection) | gradient"),
+    channels: int = typer.Option(16), layers: int = typer.Option(3),
+    activation: str = typer.Option("leaky_relu", help="leaky_relu | maxmin"),
+    condition: str = typer.Option("fbp", help="fbp (FBP as a second input channel of the regulariser) | none"),
+    unrolled_steps: int = typer.Option(10),
+    max_minutes: float = typer.Option(0.0, help="stop after this many minutes (0: no limit)"),
+    checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file (resumes when it exists)"),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch default)"),
+    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
+    detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
+    origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
+) -> None:
+    """Train an F-FPN (or the unrolled baseline) on simulated random-ellipse data."""
+    from problems.ct.ffpn import FFPNConfig
+    from problems.ct.train import TrainConfig, save_weights
+    from problems.ct.train import train as run_train
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
+    try:
+        mcfg = FFPNConfig(channels=channels, layers=layers, backward=backward, data_step=data_step,  # type: ignore[arg-type]
+                          unrolled_steps=unrolled_steps, activation=activation,  # type: ignore[arg-type]
+                          condition=condition)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from exc
+    cfg = TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,  # type: ignore[arg-type]
+                      n_train=n_train, n_val=n_val, seed=seed, max_minutes=max_minutes,
+                      checkpoint=str(checkpoint) if checkpoint else None)
+    net, history = run_train(cfg, mcfg, g, cache_dir=cache_dir, log=typer.echo)
+    save_weights(net, out, model, g, {"history": history, "train_config": cfg.__dict__})
+    best = max((h["val_psnr"] for h in history), default=float("nan"))
+    typer.echo(f"wrote {out} (best validation PSNR {best:.2f} dB)")
+
+
+@app.command()
+def bench(
+    methods: str = typer.Option("fbp,tv,ffpn,unrolled", help="comma-separated: fbp,tv,ffpn,unrolled"),
+    n_test: int = typer.Option(16, help="test phantoms (random ellipses, test split)"),
+    seed: int = typer.Option(0),
+    lam: float = typer.Option(DEFAULT_TV_LAM, help="TV weight"),
+    iters: int = typer.Option(500, help="TV: PDHG iterations"),
+    filter: str = typer.Option("hann", "--filter", help="FBP filter"),
+    ffpn_weights: Optional[Path] = typer.Option(None, help="F-FPN weights (default: shipped)"),
+    unrolled_weights: Optional[Path] = typer.Option(None, help="unrolled weights (default: shipped)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch default)"),
+    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
+    detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
+    origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
+) -> None:
+    """PSNR / SSIM / time per image of the methods on simulated test phantoms."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from problems.ct.metrics import psnr, ssim
+    from problems.ct.phantoms import CTDataConfig, make_dataset
+    from problems.ct.projector import ct_operator
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
+    chosen = [m.strip().lower() for m in methods.split(",") if m.strip()]
+    bad = [m for m in chosen if m not in METHODS]
+    if bad:
+        raise UserInputError(f"unknown methods {bad}; choose from {METHODS}")
+    data = make_dataset(CTDataConfig(geometry=g, n_train=0, n_val=0, n_test=n_test, seed=seed), cache_dir=cache_dir)
+    x, y = data.test.images, data.test.sinograms
+    op = ct_operator(g, cache_dir=cache_dir)
+    results = {}
+    for m in chosen:
+        w = ffpn_weights if m == "ffpn" else unrolled_weights if m == "unrolled" else None
+        t0 = time.perf_counter()
+        rec, extra = _reconstruct(m, y, g, op, lam, filter, w, cache_dir, iters)
+        dt = (time.perf_counter() - t0) / n_test
+        p, s = psnr(rec, x), ssim(rec, x)
+        results[m] = {"psnr": float(p.mean()), "psnr_std": float(p.std()) if n_test > 1 else 0.0,
+                      "ssim": float(s.mean()), "seconds_per_image": dt, **extra}
+    table = Table(title=f"CT bench: {n_test} ellipse phantoms, {g.describe()}")
+    for col in ("method", "PSNR (dB)", "SSIM", "s / image", "fp steps"):
+        table.add_column(col)
+    for m, r in results.items():
+        table.add_row(m, f"{r['psnr']:.2f} ± {r['psnr_std']:.2f}", f"{r['ssim']:.4f}", f"{r['seconds_per_image']:.3f}",
+                      f"{r['steps']:.1f}" if "steps" in r else "-")
+    Console().print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps({"geometry": g.to_dict(), "n_test": n_test, "seed": seed, "results": results},
+                                       indent=2))
