@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write", "atomic_write_bytes"]
 
 
 class CheckpointError(RuntimeError):
@@ -28,7 +28,12 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_replace(path: Path, write: Any) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(fh)`` on a temporary file beside ``path``, fsync it and move it onto ``path`` atomically.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -46,12 +51,12 @@ def _atomic_replace(path: Path, write: Any) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (all or nothing)."""
-    _atomic_replace(Path(path), lambda fh: fh.write(data))
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     """Save a dict of tensors / state dicts / plain Python values atomically to ``path``."""
-    _atomic_replace(Path(path), lambda fh: torch.save(obj, fh))
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -25,7 +25,6 @@ Adjointness (``<A x, y> = <x, A^T y>``):
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +34,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from fpntools.training.checkpoint import atomic_write
 from fpntools.operators.linear import LinearOperator, SparseOperator
 from problems.ct.geometry import CTGeometry
 from problems.ct.phantoms import default_cache_dir
@@ -196,18 +196,7 @@ def projection_matrix(
     if W.shape != shape:  # pragma: no cover - ASTRA contract
         raise RuntimeError(f"ASTRA returned a projection matrix of shape {W.shape}, expected {shape}")
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                sp.save_npz(fh, W, compressed=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda fh: sp.save_npz(fh, W, compressed=False))
     return W
 
 
