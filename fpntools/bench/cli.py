@@ -13,10 +13,15 @@ def engine(
     repeats: int = typer.Option(5, help="timed repetitions (median reported)"),
     tol: float = typer.Option(1e-4, help="forward tolerance (relative residual)"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
+    threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)"),
 ) -> None:
     """fpntools vs torchdeq on the same DEQ layers: forward/backward time, steps, memory, gradient agreement."""
+    import torch
+
     from fpntools.bench.engine import run
 
+    if threads > 0:
+        torch.set_num_threads(threads)
     run(batch=batch, repeats=repeats, tol=tol, device=device)
 
 
