@@ -61,7 +61,14 @@ class DEQTransformerLayer(nn.Module):
     def attention(self, z: Tensor) -> Tensor:
         b, t, d = z.shape
         q, k, v = self.qkv(z).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        # explicit causal softmax attention (not F.scaled_dot_product_attention: its fused CPU kernel has no
+        # double backward, which the Jacobian penalty needs)
+        att = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        mask = torch.ones(t, t, dtype=torch.bool, device=z.device).triu(1)
+        att = torch.softmax(att.masked_fill(mask, float("-inf")), dim=-1)
+        if self.training and self.dropout > 0:
+            att = F.dropout(att, self.dropout)
+        y = att @ v
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
     def forward(self, z: Tensor, u: Tensor) -> Tensor:
