@@ -1,0 +1,184 @@
+"""Offline grayscale images (scikit-image's bundled set), the train/test split, patch sampling, image I/O.
+
+Images are float arrays in ``[0, 1]``. Training images and held-out (test) images are disjoint whole images,
+so reported numbers are on images the decoder never saw.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fpntools.errors import UserInputError
+
+__all__ = [
+    "TRAIN_IMAGES",
+    "TEST_IMAGES",
+    "load_image",
+    "center_crop",
+    "PatchSampler",
+    "read_image",
+    "read_mask",
+    "write_image",
+    "psnr",
+]
+
+TRAIN_IMAGES: tuple[str, ...] = ("moon", "text", "brick", "grass", "gravel", "page", "clock", "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "cell")
+"""Images whose patches train the decoder (colour ones are converted to luminance)."""
+TEST_IMAGES: tuple[str, ...] = ("camera", "coins")
+"""Held-out images (never seen in training) used by the benchmark."""
+
+
+def load_image(name: str) -> np.ndarray:
+    """A bundled scikit-image picture as a float64 ``(H, W)`` array in ``[0, 1]`` (colour -> luminance)."""
+    import skimage.data
+    from skimage.color import rgb2gray, rgba2rgb
+    from skimage.util import img_as_float
+
+    fn = getattr(skimage.data, name, None)
+    if fn is None:
+        raise UserInputError(f"unknown scikit-image picture {name!r}")
+    img = fn()
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = rgba2rgb(img)
+        img = rgb2gray(img)
+    return np.clip(img_as_float(img), 0.0, 1.0).astype(np.float64)
+
+
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size x size`` crop."""
+    h, w = img.shape
+    i, j = (h - size) // 2, (w - size) // 2
+    return img[i : i + size, j : j + size]
+
+
+@dataclass
+class PatchSampler:
+    """Random ``size x size`` patches (with flips and 90-degree rotations) from a list of images."""
+
+    images: list[np.ndarray]
+    size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+
+    def sample(self, n: int) -> Tensor:
+        """``(n, 1, size, size)`` float32 patches."""
+        out = np.empty((n, self.size, self.size), dtype=np.float32)
+        for k in range(n):
+            img = self.images[self._rng.integers(len(self.images))]
+            i = self._rng.integers(img.shape[0] - self.size + 1)
+            j = self._rng.integers(img.shape[1] - self.size + 1)
+            p = img[i : i + self.size, j : j + self.size]
+            p = np.rot90(p, self._rng.integers(4))
+            if self._rng.integers(2):
+                p = p[:, ::-1]
+            out[k] = p
+        return torch.from_numpy(out)[:, None]
+
+
+def psnr(x: np.ndarray | Tensor, ref: np.ndarray | Tensor, mask: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio in dB for images in ``[0, 1]`` (optionally only where ``mask`` is true)."""
+    x = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    ref = ref.detach().cpu().numpy() if isinstance(ref, Tensor) else np.asarray(ref)
+    d = (np.clip(x, 0, 1) - ref) ** 2
+    mse = float(d[mask].mean() if mask is not None else d.mean())
+    return float(10 * np.log10(1.0 / max(mse, 1e-20)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# user files
+
+
+def _read_raw(path: str | os.PathLike, what: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"{what} file not found: {p}")
+    try:
+        from skimage import io
+
+        arr = io.imread(str(p))
+    except Exception as exc:  # imageio raises many unrelated types for unreadable files
+        raise UserInputError(f"cannot read {what} {p}: not a readable image file") from None
+    arr = np.asarray(arr)
+    if arr.dtype == object or arr.size == 0:
+        raise UserInputError(f"cannot read {what} {p}: empty or not an image")
+    return arr
+
+
+def _check_gray(arr: np.ndarray, path: str | os.PathLike, what: str) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] in (1,):
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        shape = "x".join(map(str, arr.shape))
+        raise UserInputError(
+            f"{what} {path} has shape {shape}; expected a single-channel (grayscale) 2-D image"
+        )
+    return arr
+
+
+def _to_unit(arr: np.ndarray, path: str | os.PathLike, what: str) -> np.ndarray:
+    if arr.dtype == bool:
+        out = arr.astype(np.float64)
+    elif np.issubdtype(arr.dtype, np.integer):
+        out = arr.astype(np.float64) / float(np.iinfo(arr.dtype).max)
+    elif np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float64)
+        if not np.isfinite(out).all():
+            raise UserInputError(f"{what} {path} contains NaN or infinite pixel values")
+        if out.min() < -1e-6 or out.max() > 1 + 1e-6:
+            raise UserInputError(
+                f"{what} {path} has float pixel values in [{out.min():.3g}, {out.max():.3g}]; expected [0, 1]"
+            )
+    else:
+        raise UserInputError(f"{what} {path} has unsupported pixel type {arr.dtype}")
+    return np.clip(out, 0.0, 1.0)
+
+
+def read_image(path: str | os.PathLike, *, multiple: int = 4, min_size: int = 16, max_size: int = 1024) -> np.ndarray:
+    """Read a grayscale image as float64 ``(H, W)`` in ``[0, 1]``; clear :class:`UserInputError` otherwise.
+
+    Accepted: 8/16-bit integer or float ([0, 1], finite) single-channel files (PNG, TIFF, ...), side lengths
+    between ``min_size`` and ``max_size`` that are multiples of ``multiple`` (the decoder's latent grid).
+    """
+    arr = _check_gray(_read_raw(path, "image"), path, "image")
+    h, w = arr.shape
+    if h < min_size or w < min_size or h > max_size or w > max_size:
+        raise UserInputError(f"image {path} is {h}x{w}; sides must lie between {min_size} and {max_size} pixels")
+    if h % multiple or w % multiple:
+        raise UserInputError(f"image {path} is {h}x{w}; both sides must be multiples of {multiple}")
+    return _to_unit(arr, path, "image")
+
+
+def read_mask(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
+    """Read a mask (nonzero = known pixel) of the given shape as a bool array."""
+    arr = _check_gray(_read_raw(path, "mask"), path, "mask")
+    if arr.shape != tuple(shape):
+        raise UserInputError(f"mask {path} is {arr.shape[0]}x{arr.shape[1]} but the image is {shape[0]}x{shape[1]}")
+    un = _to_unit(arr, path, "mask")
+    known = un > 0.5
+    if not known.any():
+        raise UserInputError(f"mask {path} marks no known pixel (all zero)")
+    return known
+
+
+def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write ``img`` in ``[0, 1]`` as an 8-bit PNG atomically (no partial file on failure)."""
+    from fpntools.training.checkpoint import atomic_write_bytes
+
+    p = Path(path)
+    if p.suffix.lower() != ".png":
+        raise UserInputError(f"output {p} must end in .png")
+    if not p.parent.exists():
+        raise UserInputError(f"output directory {p.parent} does not exist")
+    data = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    import imageio.v3 as iio
+
+    atomic_write_bytes(p, iio.imwrite("<bytes>", data, extension=".png"))

@@ -1,0 +1,122 @@
+"""Imaging application: data helpers, TV baselines, latent fitting with the shipped decoder, adversarial attack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fpntools.augmented import AugmentedConfig, Counter, NaiveConfig
+from fpntools.errors import UserInputError
+from problems.imaging.data import center_crop, load_image, psnr, read_image
+from problems.imaging.model import load_decoder
+from problems.imaging.tasks import (
+    TaskConfig,
+    block_mask,
+    make_problem,
+    restore_augmented,
+    restore_naive,
+    shifted_batch,
+    tv_denoise,
+    tv_inpaint,
+    unshift_mean,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = load_decoder()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def test_masks_and_shift_averaging_roundtrip():
+    m = block_mask((64, 48), 8, 0.25, seed=1)
+    assert m.shape == (64, 48) and 0.1 < 1 - m.mean() < 0.4
+    img = np.random.default_rng(0).random((32, 40))
+    for s in (1, 2, 4):
+        b = shifted_batch(img, s)
+        assert b.shape[0] == s and b.shape[-1] % 4 == 0
+        np.testing.assert_allclose(unshift_mean(b.double(), img.shape), img, atol=1e-6)
+
+
+def test_read_image_16bit_and_float(tmp_path: Path):
+    import imageio.v3 as iio
+
+    arr = (np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)
+    iio.imwrite(tmp_path / "a.png", arr)
+    img = read_image(tmp_path / "a.png")
+    assert img.dtype == np.float64 and img.max() <= 1 and np.allclose(img, arr / 65535)
+    iio.imwrite(tmp_path / "b.tiff", np.full((32, 32), 1.5, np.float32))
+    with pytest.raises(UserInputError, match="expected \\[0, 1\\]"):
+        read_image(tmp_path / "b.tiff")
+
+
+def test_tv_baselines():
+    img = center_crop(load_image("camera"), 64)
+    rng = np.random.default_rng(0)
+    y = img + 0.2 * rng.standard_normal(img.shape)
+    assert psnr(tv_denoise(y, 0.2), img) > psnr(y, img) + 5
+    mask = block_mask(img.shape, 8, 0.25)
+    u = tv_inpaint(np.where(mask, img, 0), mask, 0.05, iters=50)
+    np.testing.assert_allclose(u[mask], img[mask])
+    assert psnr(u, img) > psnr(np.where(mask, img, img[mask].mean()), img) + 3
+
+
+def test_latent_fitting_augmented_and_naive(model):
+    """Fit the decoder latent to a held-out 32x32 crop: both methods lower the objective and end near the
+    same value; the joint solve reports small residuals."""
+    img = center_crop(load_image("coins"), 32)
+    cfg = TaskConfig(
+        lam=0.02,
+        augmented=AugmentedConfig(step_size=0.1, max_iter=60, tol=1e-6, solver_options={"m": 20}, backward="jfb"),
+        naive=NaiveConfig(lr=0.05, steps=25),
+    )
+    prob = make_problem(model, img, None, cfg)
+    start = float(prob.objective(prob.x0()).sum())
+    out_a, res_a = restore_augmented(model, img, None, cfg)
+    out_n, res_n = restore_naive(model, img, None, cfg)
+    fa, fn = float(prob.objective(res_a.x).sum()), float(prob.objective(res_n.x).sum())
+    assert fa < 0.2 * start and fn < 0.2 * start
+    assert psnr(out_a, img) > 20
+    assert res_a.nfe == res_a.info.nfe and res_a.nvjp == res_a.nfe
+    assert res_n.nfe > 2 * res_a.nfe / 3  # 25 nested steps already cost more than the 60 joint iterations
+    assert float(res_a.deq_residual.max()) < 5e-2 * float(res_a.z.norm())  # 60 joint iterations: near
+
+
+def test_adversarial_attack_stays_in_ball_and_hurts():
+    from problems.imaging.adversarial import DEQClassifier, attack_augmented, attack_pgd, load_digits_split
+
+    torch.manual_seed(0)
+    xtr, ytr, xte, yte = load_digits_split()
+    model = DEQClassifier(hidden=32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(xtr[:256]), ytr[:256])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x, y = xte[:64], yte[:64]
+    c = Counter()
+    d = attack_augmented(model, x, y, eps=1.0, iters=20, step=0.5, counter=c)
+    assert float(d.norm(dim=1).max()) <= 1.0 + 1e-5 and c.nfe == 20
+    d2 = attack_pgd(model, x, y, eps=1.0, steps=3, lr=0.25)
+    ce = lambda xx: float(torch.nn.functional.cross_entropy(model(xx), y).detach())  # noqa: E731
+    assert ce(x + d) > ce(x) and ce(x + d2) > ce(x)
+
+
+@pytest.mark.slow
+def test_bench_row_augmented_needs_fewer_evaluations(model):
+    """One benchmark row on a small held-out crop: both reach the common target; the joint solve needs at
+    least 3x fewer evaluations + VJPs (slow: ~1 min)."""
+    from problems.imaging.bench import TASKS, run_task
+
+    img = center_crop(load_image("camera"), 48)
+    row = run_task(model, img, "camera", TASKS[0], TaskConfig(), repeats=1)
+    assert row.aug_nfe is not None
+    assert (row.naive_nfe + row.naive_nvjp) >= 3 * (row.aug_nfe + row.aug_nvjp)
