@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import sys
 
 import typer
 from typer.core import TyperGroup
@@ -39,6 +38,15 @@ class _LazyGroup(TyperGroup):
             return cmd
         sub = importlib.import_module(f"problems.{name}.cli").app
         return typer.main.get_command(sub)
+
+    def invoke(self, ctx):  # type: ignore[override]
+        from fpntools.errors import UserInputError
+
+        try:
+            return super().invoke(ctx)
+        except UserInputError as exc:  # bad user input: one line on stderr, exit code 2, no traceback
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
 
 
 app = typer.Typer(
@@ -76,11 +84,5 @@ _register_bench()
 
 
 def main() -> None:
-    """Console entry point: user errors become a one-line message and exit code 2, not a traceback."""
-    from fpntools.errors import UserInputError
-
-    try:
-        app()
-    except UserInputError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    """Console entry point (user errors become a one-line message and exit code 2, see ``_LazyGroup``)."""
+    app()

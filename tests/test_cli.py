@@ -55,3 +55,10 @@ def test_engine_bench_rows_are_consistent():
         assert r.forward_ms > 0 and r.backward_ms > 0 and r.forward_steps >= 1
         if r.library == "fpntools":
             assert r.grad_rel_diff is not None and r.grad_rel_diff < 1e-6
+
+
+def test_user_input_errors_are_one_line_with_exit_code_2(tmp_path):
+    bad = tmp_path / "missing.tntp"
+    result = runner.invoke(app, ["traffic", "equilibrium", "--net", str(bad), "--trips", str(bad), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output and not (tmp_path / "o.csv").exists()

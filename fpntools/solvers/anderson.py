@@ -82,7 +82,8 @@ class Anderson(FixedPointSolver):
         h.f[:, slot] = fz
         h.count += 1
         n = min(h.count, self.m)
-        row = torch.einsum("bn,bjn->bj", fz - z, h.f[:, :n] - h.x[:, :n])  # <g_new, g_j>
+        g_new = fz - z  # <g_new, g_j> = <g_new, f_j> - <g_new, x_j>, without a (B, n, N) temporary
+        row = torch.bmm(h.f[:, :n], g_new[:, :, None]).squeeze(-1) - torch.bmm(h.x[:, :n], g_new[:, :, None]).squeeze(-1)
         h.gram[:, slot, :n] = row
         h.gram[:, :n, slot] = row
         alpha = anderson_weights(h.gram[:, :n, :n], self.lam, newest=slot)
