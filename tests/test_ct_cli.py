@@ -80,10 +80,17 @@ def test_cli_simulate_reconstruct_bench(tmp_path) -> None:
     assert "fixed-point steps" in r.output
     out = tmp_path / "bench.json"
     r = runner.invoke(app, ["bench", "--methods", "fbp,tv,ffpn", "--n-test", "2", "--iters", "100",
-                            "--ffpn-weights", str(w), "--json", str(out), *GEOM_ARGS, *cache])
+                            "--ffpn-weights", str(w), "--json", str(out), "--figure", str(tmp_path / "fig.png"),
+                            *GEOM_ARGS, *cache])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())["results"]
     assert set(res) == {"fbp", "tv", "ffpn"} and all(np.isfinite(v["psnr"]) for v in res.values())
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # an output path ending in .png gives an image, not an array
+    r = runner.invoke(app, ["reconstruct", str(sino), "--method", "fbp", "--out", str(tmp_path / "only.png"),
+                            *GEOM_ARGS, *cache])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "only.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "only.png.npy").exists()
 
 
 def test_cli_errors(tmp_path) -> None:
@@ -92,6 +99,7 @@ def test_cli_errors(tmp_path) -> None:
     np.save(bad, np.zeros((23, 8), np.float32))
     r = runner.invoke(app, ["reconstruct", str(bad), "--method", "fbp", "--out", str(tmp_path / "o.npy"), *GEOM_ARGS])
     assert r.exit_code != 0 and "expected (8, 23)" in str(r.exception)
+    assert not (tmp_path / "o.npy").exists()  # no partial output
     r = runner.invoke(app, ["reconstruct", str(tmp_path / "none.npy"), "--out", str(tmp_path / "o.npy")])
     assert r.exit_code != 0 and "not found" in str(r.exception)
     r = runner.invoke(app, ["bench", "--methods", "fbp,magic", *GEOM_ARGS])

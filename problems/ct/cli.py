@@ -25,6 +25,7 @@ import torch
 import typer
 
 from fpntools.errors import UserInputError
+from fpntools.training.checkpoint import atomic_write, atomic_write_bytes
 
 app = typer.Typer(help="CT reconstruction: FBP, TV, F-FPN and unrolled networks.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -70,6 +71,22 @@ def _load_array(path: Path, what: str) -> np.ndarray:
         raise UserInputError(f"cannot read {what} file {path} as .npy: {exc}") from exc
 
 
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """Write ``arr`` to ``path`` atomically (no partial file on failure)."""
+    atomic_write(path, lambda fh: np.save(fh, arr, allow_pickle=False))
+
+
+def _save_figure(path: Path, fig) -> None:  # noqa: ANN001 - matplotlib figure
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _save_png(path: Path, images: np.ndarray) -> None:
     import matplotlib
 
@@ -83,8 +100,37 @@ def _save_png(path: Path, images: np.ndarray) -> None:
         ax.imshow(im, cmap="gray", vmin=0, vmax=1)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(path, fig)
+
+
+def _save_bench_figure(path: Path, truth: np.ndarray, recs: dict[str, np.ndarray], n_show: int = 2) -> None:
+    """Ground truth and each method's reconstruction (top row per image) with its error map below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_show = min(n_show, truth.shape[0])
+    cols = 1 + len(recs)
+    fig, axes = plt.subplots(2 * n_show, cols, figsize=(2.6 * cols, 2.6 * 2 * n_show), squeeze=False)
+    for i in range(n_show):
+        top, bottom = axes[2 * i], axes[2 * i + 1]
+        top[0].imshow(truth[i], cmap="gray", vmin=0, vmax=1)
+        top[0].set_title(f"truth #{i}", fontsize=9)
+        bottom[0].axis("off")
+        for j, (name, rec) in enumerate(recs.items(), start=1):
+            err = np.abs(rec[i] - truth[i])
+            mse = float(np.mean((rec[i] - truth[i]) ** 2))
+            psnr_i = 10 * np.log10(1.0 / max(mse, 1e-12))
+            top[j].imshow(rec[i], cmap="gray", vmin=0, vmax=1)
+            top[j].set_title(f"{name} {psnr_i:.1f} dB", fontsize=9)
+            bottom[j].imshow(err, cmap="magma", vmin=0, vmax=0.25)
+            bottom[j].set_title(f"|{name} - truth|", fontsize=9)
+        for ax in list(top) + list(bottom):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    _save_figure(path, fig)
 
 
 @app.command()
@@ -112,11 +158,10 @@ def simulate(
     else:
         raise UserInputError(f"unknown phantom {phantom!r}; use 'ellipses' or 'shepp-logan'")
     y = sim(x, g, noise=noise, seed=seed, operator=ct_operator(g, cache_dir=cache_dir)).numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
     y = y[0] if y.shape[0] == 1 else y
-    np.save(out, y)
+    _save_npy(out, y)
     if truth_out is not None:
-        np.save(truth_out, x[0] if x.shape[0] == 1 else x)
+        _save_npy(truth_out, np.asarray(x[0] if x.shape[0] == 1 else x))
     typer.echo(f"wrote {out} {y.shape} ({g.describe()}, noise {noise})")
 
 
@@ -152,7 +197,7 @@ def _reconstruct(method: str, y: torch.Tensor, g, op, lam: float, filt: str, wei
 @app.command()
 def reconstruct(
     sinogram: Path = typer.Argument(..., help="sinogram(s) .npy: (n_angles, n_detectors) or (N, ...)"),
-    out: Path = typer.Option(..., "--out", help="reconstruction output (.npy)"),
+    out: Path = typer.Option(..., "--out", help="reconstruction output: .npy (array) or .png (image)"),
     method: str = typer.Option("ffpn", help="fbp | tv | ffpn | unrolled"),
     weights: Optional[Path] = typer.Option(None, help="network weights (.safetensors; default: shipped)"),
     lam: float = typer.Option(DEFAULT_TV_LAM, help="TV weight"),
@@ -177,8 +222,10 @@ def reconstruct(
     dt = time.perf_counter() - t0
     arr = rec.detach().cpu().numpy().astype(np.float32)
     arr = arr if batched else arr[0]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, arr)
+    if out.suffix.lower() == ".png":
+        _save_png(out, arr)
+    else:
+        _save_npy(out, arr)
     msg = f"{method}: wrote {out} {arr.shape} in {dt:.2f} s"
     if extra:
         msg += f" ({extra.get('steps', 0):.1f} fixed-point steps, {extra.get('status')})"
@@ -246,6 +293,7 @@ def bench(
     ffpn_weights: Optional[Path] = typer.Option(None, help="F-FPN weights (default: shipped)"),
     unrolled_weights: Optional[Path] = typer.Option(None, help="unrolled weights (default: shipped)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
+    figure: Optional[Path] = typer.Option(Path("out/ct/bench.png"), help="figure: truth, reconstructions, error maps"),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)"),
     size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
     detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
@@ -270,11 +318,13 @@ def bench(
     x, y = data.test.images, data.test.sinograms
     op = ct_operator(g, cache_dir=cache_dir)
     results = {}
+    recs: dict[str, np.ndarray] = {}
     for m in chosen:
         w = ffpn_weights if m == "ffpn" else unrolled_weights if m == "unrolled" else None
         t0 = time.perf_counter()
         rec, extra = _reconstruct(m, y, g, op, lam, filter, w, cache_dir, iters)
         dt = (time.perf_counter() - t0) / n_test
+        recs[m] = rec.detach().cpu().numpy()
         p, s = psnr(rec, x), ssim(rec, x)
         results[m] = {"psnr": float(p.mean()), "psnr_std": float(p.std()) if n_test > 1 else 0.0,
                       "ssim": float(s.mean()), "seconds_per_image": dt, **extra}
@@ -285,6 +335,9 @@ def bench(
         table.add_row(m, f"{r['psnr']:.2f} ± {r['psnr_std']:.2f}", f"{r['ssim']:.4f}", f"{r['seconds_per_image']:.3f}",
                       f"{r['steps']:.1f}" if "steps" in r else "-")
     Console().print(table)
+    if figure is not None:
+        _save_bench_figure(figure, x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x), recs)
+        typer.echo(f"wrote {figure}")
     if json_out is not None:
-        json_out.write_text(json.dumps({"geometry": g.to_dict(), "n_test": n_test, "seed": seed, "results": results},
-                                       indent=2))
+        doc = {"geometry": g.to_dict(), "n_test": n_test, "seed": seed, "results": results}
+        atomic_write_bytes(json_out, json.dumps(doc, indent=2).encode())
