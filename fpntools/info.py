@@ -25,7 +25,7 @@ class Status(enum.IntEnum):
     NONFINITE = 3
 
 
-@dataclass
+@dataclass(repr=False)
 class FixedPointInfo:
     """Diagnostics of one fixed-point solve of ``z = f(z)`` over a batch of ``B`` samples.
 
@@ -75,6 +75,10 @@ class FixedPointInfo:
             f"steps max {int(self.steps.max()) if self.steps.numel() else 0}, "
             f"{self.stop_mode} residual max {float(res.max()) if res.numel() else 0.0:.3e} (tol {self.tol:.1e})"
         )
+
+    def __repr__(self) -> str:
+        extra = f", backward=<{self.backward.summary()}>" if self.backward is not None else ""
+        return f"FixedPointInfo(<{self.summary()}>, nfe={self.nfe}{extra})"
 
     def raise_for_status(self) -> None:
         """Raise :class:`FixedPointError` unless every sample converged."""

@@ -175,3 +175,10 @@ def test_fixed_point_module_train_eval_and_errors():
         FixedPoint(_NoInit())(x)
     z, _ = FixedPoint(_NoInit(), solver="picard", tol=1e-7)(x, z0=torch.zeros(3, 4))
     torch.testing.assert_close(z, 2 * x, rtol=1e-5, atol=1e-5)
+
+
+def test_info_repr_is_one_line_summary():
+    f, _, c = linear_slow_map(10, rho=0.5, batch=200)
+    _, info = fpntools.fixed_point(f, torch.zeros_like(c), "anderson", tol=1e-6)
+    text = repr(info)
+    assert "\n" not in text and text.startswith("FixedPointInfo(<anderson: converged, 200/200 converged")
