@@ -105,7 +105,7 @@ def _read_raw(path: str | os.PathLike, what: str) -> np.ndarray:
         from skimage import io
 
         arr = io.imread(str(p))
-    except Exception as exc:  # imageio raises many unrelated types for unreadable files
+    except Exception:  # imageio raises many unrelated types for unreadable files
         raise UserInputError(f"cannot read {what} {p}: not a readable image file") from None
     arr = np.asarray(arr)
     if arr.dtype == object or arr.size == 0:

@@ -21,12 +21,12 @@ gives exit code 3.  Output files are written atomically: nothing is left behind 
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import typer
 
+from fpntools.training.checkpoint import atomic_write_bytes
 from problems.traffic.tntp import TNTPError, load_network
 
 app = typer.Typer(help="Traffic equilibria (TNTP networks) and contextual datasets.", no_args_is_help=True,
@@ -39,17 +39,11 @@ def _fail(message: str, code: int) -> None:
 
 
 def _atomic_write_csv(path: Path, header: list[str], rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            w.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 @app.callback()

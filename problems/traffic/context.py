@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
+from fpntools.training.checkpoint import atomic_write
 from problems.traffic.equilibrium import solve_equilibrium
 from problems.traffic.tntp import Network
 
@@ -132,7 +132,6 @@ class TrafficDataset:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a ``.npz`` atomically (temporary file + ``os.replace``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = dict(
             contexts=self.contexts, flows=self.flows, costs=self.costs, capacities=self.capacities,
             gaps=self.gaps, iterations=self.iterations, times=self.times, demand_totals=self.demand_totals,
@@ -143,14 +142,7 @@ class TrafficDataset:
         if self.origin_flows is not None:
             arrays["origin_flows"] = self.origin_flows
             arrays["origins"] = self.origins
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            np.savez_compressed(tmp, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
         return path
 
     @classmethod

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from fpntools.errors import UserInputError
+from fpntools.training.checkpoint import atomic_write_bytes
 from problems.traffic.context import TrafficDataset, generate_dataset
 from problems.traffic.metrics import relative_l2_error, trafix_score
 from problems.traffic.nfpn import NFPNConfig, TrafficNFPN, network_fingerprint
@@ -222,21 +222,9 @@ def save_model(model: TrafficNFPN, prefix: str | os.PathLike, extra: dict | None
     tensors = dict(model.parameter_tensors(), flow_ref=model.flow_ref * model.flow_unit,
                    flow_mean=model.flow_mean * model.flow_unit)
     meta = dict(model.config_dict(), extra=extra or {})
-    _atomic_bytes(st, save({k: v.contiguous() for k, v in tensors.items()}))
-    _atomic_bytes(js, json.dumps(_jsonable(meta), indent=1).encode())
+    atomic_write_bytes(st, save({k: v.contiguous() for k, v in tensors.items()}))
+    atomic_write_bytes(js, json.dumps(_jsonable(meta), indent=1).encode())
     return st, js
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_model(prefix: str | os.PathLike = DEFAULT_MODEL, network: Network | None = None,
