@@ -23,14 +23,6 @@ from problems.ct.phantoms import CTDataConfig, EllipseConfig, make_dataset, rand
 from problems.ct.projector import ct_operator
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids barrier stalls on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 SMALL = CTGeometry(image_size=16, n_angles=8, n_detectors=23)
 MID = CTGeometry(image_size=32, n_angles=12, n_detectors=47)
 

@@ -21,15 +21,6 @@ GEOM_ARGS = ["--size", "16", "--angles", "8", "--detectors", "23"]
 SMALL_NET = FFPNConfig(channels=4, layers=2, max_iter=15, eval_max_iter=20, tol=1e-3, unrolled_steps=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids barrier stalls on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_train_checkpoint_resume_and_weights(tmp_path) -> None:
     cache = tmp_path / "cache"
     ckpt = tmp_path / "run.pt"

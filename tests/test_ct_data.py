@@ -15,15 +15,6 @@ from problems.ct.lodopab import LoDoPaBError, load_lodopab, lodopab_files
 from problems.ct.phantoms import EllipseConfig, random_ellipses, shepp_logan
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids barrier stalls on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------ geometry
 def test_default_geometry_contract() -> None:
     g = CTGeometry()

@@ -22,15 +22,6 @@ from problems.ct.projector import ct_operator
 G = CTGeometry(image_size=32, n_angles=12, n_detectors=47)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids barrier stalls on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def cache(tmp_path):
     return tmp_path / "cache"

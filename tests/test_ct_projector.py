@@ -10,15 +10,6 @@ from problems.ct.geometry import CTGeometry
 from problems.ct.projector import AstraProjector, ct_operator, projection_matrix
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids barrier stalls on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = CTGeometry(image_size=12, n_angles=5, n_detectors=17)
 FAN = CTGeometry.fan(source_origin=40.0, origin_detector=20.0, image_size=16, n_angles=12, n_detectors=25)
 

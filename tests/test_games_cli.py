@@ -12,15 +12,6 @@ from typer.testing import CliRunner
 from fpntools.cli import app, main
 from problems.games.cli import load_trained
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is several times faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 runner = CliRunner()
 
 

@@ -14,15 +14,6 @@ from problems.games.model import NashFPN, NFPNConfig
 from problems.games.train import TrainConfig, evaluate, train_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is several times faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def rps_data():
     return make_dataset(GameDataConfig(family="rps", n_train=96, n_test=48))

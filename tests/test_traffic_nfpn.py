@@ -20,7 +20,6 @@ from problems.traffic.tntp import tntp_dir
 @pytest.fixture(scope="module")
 def small():
     """A small synthetic network (certified data) and a neutral model on it."""
-    torch.set_num_threads(1)
     net = random_network(8, 4, seed=3, first_thru_node=3)  # zones 1, 2 may not be passed through
     dem = random_demand(4, seed=3)
     ds = generate_dataset(net, dem, 12, seed=0, gap=1e-10, progress=False)
@@ -106,7 +105,6 @@ def _train_steps(m, params, C, X, backward, n=6, lr=0.03) -> list[float]:
 @pytest.fixture(scope="module")
 def congested():
     """A congested synthetic network (route choice matters) with certified data."""
-    torch.set_num_threads(1)
     net = random_network(9, 4, seed=5, extra_links=8, cap_lo=60.0, cap_hi=200.0)
     dem = random_demand(4, seed=5)
     return net, dem, generate_dataset(net, dem, 6, seed=1, gap=1e-10, progress=False)
