@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from fpntools.kernels.anderson import anderson_mix
 from fpntools.solvers.base import FixedPointSolver
 
 __all__ = ["Anderson", "anderson_weights"]
@@ -72,8 +73,6 @@ class Anderson(FixedPointSolver):
         return _History(x=z0.new_zeros(b, self.m, n), f=z0.new_zeros(b, self.m, n), gram=z0.new_zeros(b, self.m, self.m))
 
     def step(self, z: Tensor, fz: Tensor, memory: _History, k: int) -> tuple[Tensor, _History]:
-        from fpntools.kernels.anderson import anderson_mix
-
         h = memory
         slot = h.count % self.m
         if torch.is_grad_enabled():  # unrolled differentiation: no in-place writes into saved tensors

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fpntools.info import Status
+from fpntools.kernels import residual_norms as _fused_residual_norms
 
 __all__ = ["FlatMap", "SolverResult", "FixedPointSolver", "residual_norms"]
 
@@ -30,9 +31,7 @@ def residual_norms(fz: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
 
     One fused pass on CUDA (:func:`fpntools.kernels.residual_norms`), torch elsewhere.
     """
-    from fpntools.kernels import residual_norms as fused
-
-    return fused(fz.detach(), z.detach())
+    return _fused_residual_norms(fz.detach(), z.detach())
 
 
 @dataclass
@@ -119,20 +118,21 @@ class FixedPointSolver(ABC):
                 history.append(torch.where(active, res, torch.full_like(res, float("nan"))))
             newly_nonfinite = active & ~finite
             newly_converged = active & finite & (res <= tol)
-            newly_diverged = active & finite & ~newly_converged
-            if divergence_factor is not None:
-                newly_diverged &= a > divergence_factor * first_abs.clamp_min(_TINY)
+            if divergence_factor is None:
+                newly_diverged = torch.zeros_like(active)
             else:
-                newly_diverged &= torch.zeros_like(active)
-            status = torch.where(newly_converged, int(Status.CONVERGED), status)
-            status = torch.where(newly_nonfinite, int(Status.NONFINITE), status).to(torch.int8)
-            status = torch.where(newly_diverged, int(Status.DIVERGED), status).to(torch.int8)
+                exploded = a > divergence_factor * first_abs.clamp_min(_TINY)
+                newly_diverged = active & finite & ~newly_converged & exploded
+            status = torch.where(newly_converged, int(Status.CONVERGED), status)  # stays int8
+            status = torch.where(newly_nonfinite, int(Status.NONFINITE), status)
+            status = torch.where(newly_diverged, int(Status.DIVERGED), status)
             active = active & ~(newly_converged | newly_nonfinite | newly_diverged)
             if progress is not None:
                 progress(k, res)
             if not bool(active.any()) or k == max_iter - 1:
                 break
-            z_next, memory = self.step(z, torch.where(finite[:, None], fz, z), memory, k)
+            fz_safe = fz if bool(finite.all()) else torch.where(finite[:, None], fz, z)
+            z_next, memory = self.step(z, fz_safe, memory, k)
             z = z_next if bool(active.all()) else torch.where(active[:, None], z_next, best_z)
         converged = status == int(Status.CONVERGED)
         return SolverResult(
