@@ -126,7 +126,6 @@ def _fpntools_step(layer: nn.Module, x: Tensor, tol: float, btol: float, max_ite
         b = info.backward.steps.float().max().item() if info.backward is not None else float("nan")
         return info.steps.float().max().item(), b
 
-    stats["steps"] = steps
     return z, steps, stats
 
 
