@@ -129,6 +129,64 @@ def test_fbp_conditioning_keeps_the_contraction(problem) -> None:
     assert model.T.phi.convs[0].weight.grad is not None
 
 
+def test_unet_prior_keeps_the_contraction_and_learns(problem) -> None:
+    """The U-Net prior only gates (values in (0, 1)) and shifts: T stays a gamma-contraction in u whatever its
+    weights, and every U-Net parameter receives a gradient through the fixed point."""
+    op, x, y = problem
+    cfg = FFPNConfig(channels=8, data_step="gradient", relaxation=1.9, prior="unet", prior_width=4, gamma=0.9)
+    T = CTFeasibilityOperator(op, cfg, G)
+    with torch.no_grad():
+        for p in T.parameters():
+            p.add_(torch.randn_like(p) * 3.0)
+        ctx = T.context(y)
+        assert [g.shape for g in ctx["gates"]] == [(4, 8, 32, 32)] * (cfg.layers - 1)
+        assert all(float(g.min()) >= 0 and float(g.max()) <= 1 for g in ctx["gates"])
+        assert ctx["offset"].shape == x.shape
+        u, v = torch.rand_like(x), torch.rand_like(x)
+        ratio = (T.T(u, ctx) - T.T(v, ctx)).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1)
+    assert float(ratio.max()) <= 0.9 + 1e-4
+    model = FFPN(op, FFPNConfig(channels=8, prior="unet", prior_width=4, prior_levels=2), G)
+    u, info = model(y)
+    (u - x).pow(2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if n.startswith("T.prior.")}
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    # at initialisation the offset makes the FBP a fixed point of K when Phi vanishes: gates and offset are live
+    assert float(grads["T.prior.head.weight"].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("reference", ["fbp", "tv"])
+def test_precomputed_reference_gives_the_same_reconstruction(problem, reference) -> None:
+    """Training caches the parameter-free reference reconstruction; passing it must not change the result."""
+    op, x, y = problem
+    model = FFPN(op, FFPNConfig(channels=4, prior_width=4, prior_levels=2, reference=reference,
+                                reference_tv_iters=10), G).eval()
+    ref = model.T.reference_image(y)
+    assert ref.shape == x.shape
+    with torch.no_grad():
+        u1, _ = model(y)
+        u2, _ = model(y, reference=ref)
+        u3, _ = model(y[0], reference=ref[0])
+    torch.testing.assert_close(u1, u2)
+    torch.testing.assert_close(u3, u1[0], atol=1e-5, rtol=1e-4)
+
+
+def test_tv_reference_is_better_than_fbp(problem) -> None:
+    op, x, y = problem
+    from problems.ct.metrics import psnr
+
+    T_fbp = CTFeasibilityOperator(op, FFPNConfig(reference="fbp"), G)
+    T_tv = CTFeasibilityOperator(op, FFPNConfig(reference="tv", reference_tv_iters=40), G)
+    assert float(psnr(T_tv.reference_image(y), x).mean()) > float(psnr(T_fbp.reference_image(y), x).mean())
+
+
+def test_prior_handles_sizes_not_divisible_by_two() -> None:
+    from problems.ct.prior import FBPConditioner
+
+    net = FBPConditioner([3, 3], width=4, levels=3)
+    gates, offset = net(torch.rand(2, 27, 27))
+    assert offset.shape == (2, 27, 27) and [g.shape for g in gates] == [(2, 3, 27, 27)] * 2
+
+
 def test_unrolled_gradients(problem) -> None:
     op, x, y = problem
     model = UnrolledCT(op, FFPNConfig(channels=8, unrolled_steps=3, init="zeros"), G)
@@ -147,4 +205,6 @@ def test_config_validation() -> None:
         FFPNConfig(relaxation=2.0)
     with pytest.raises(ValueError, match="even"):
         FFPNConfig(activation="maxmin", channels=5)
+    with pytest.raises(ValueError, match="prior"):
+        FFPNConfig(prior="transformer")  # type: ignore[arg-type]
     assert FFPNConfig.from_dict(FFPNConfig(channels=4).to_dict()).channels == 4

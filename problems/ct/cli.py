@@ -251,6 +251,11 @@ def train(
     channels: int = typer.Option(16), layers: int = typer.Option(3),
     activation: str = typer.Option("leaky_relu", help="leaky_relu | maxmin"),
     condition: str = typer.Option("fbp", help="fbp (FBP as a second input channel of the regulariser) | none"),
+    reference: str = typer.Option("tv", help="reference reconstruction the network starts from: tv | fbp"),
+    reference_tv_iters: int = typer.Option(80, help="PDHG iterations of the TV reference"),
+    prior: str = typer.Option("unet", help="unet (U-Net on the FBP gating the regulariser, plus an offset) | none"),
+    prior_width: int = typer.Option(16, help="U-Net prior: channels of the first level"),
+    prior_levels: int = typer.Option(3, help="U-Net prior: number of resolutions"),
     unrolled_steps: int = typer.Option(10),
     max_minutes: float = typer.Option(0.0, help="stop after this many minutes (0: no limit)"),
     checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file (resumes when it exists)"),
@@ -270,7 +275,9 @@ def train(
     try:
         mcfg = FFPNConfig(channels=channels, layers=layers, backward=backward, data_step=data_step,  # type: ignore[arg-type]
                           unrolled_steps=unrolled_steps, activation=activation,  # type: ignore[arg-type]
-                          condition=condition)  # type: ignore[arg-type]
+                          condition=condition, prior=prior, prior_width=prior_width,  # type: ignore[arg-type]
+                          prior_levels=prior_levels, reference=reference,  # type: ignore[arg-type]
+                          reference_tv_iters=reference_tv_iters)
     except ValueError as exc:
         raise UserInputError(str(exc)) from exc
     cfg = TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,  # type: ignore[arg-type]

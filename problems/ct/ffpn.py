@@ -9,11 +9,13 @@ regularisation step followed by (relaxed) projections onto the constraint sets
     T_theta(u; y) = P_box( P_data( u - s R_theta(u) ) ),       R_theta = I - K_theta.
 
 Regularisation step.
-    ``K_theta(u) = gamma ((1 - beta) u + beta Phi_theta(u))`` with ``Phi_theta`` a small CNN whose
+    ``K_theta(u; y) = gamma ((1 - beta) u + beta Phi_theta(u; g(y))) + b(y)`` with ``Phi_theta`` a small CNN whose
     convolutions are spectrally normalised (operator norm ``<= 1``, computed from the Fourier symbol of the
-    kernel, :func:`conv_operator_norm`) and 1-Lipschitz activations (LeakyReLU or MaxMin),
-    ``beta = sigmoid(b)`` learned,
-    ``gamma < 1``. So ``Lip(K_theta) <= gamma`` and ``N(u) = u - s R_theta(u) = (1 - s) u + s K_theta(u)`` is a
+    kernel, :func:`conv_operator_norm`) and 1-Lipschitz activations (LeakyReLU or MaxMin) whose hidden features
+    are multiplied by per-pixel gates ``g(y) in (0, 1)``, ``beta = sigmoid(b)`` learned, ``gamma < 1``.
+    The gates and the offset image ``b(y)`` come from an unconstrained U-Net on the FBP of ``y``
+    (:mod:`problems.ct.prior`), evaluated once per reconstruction: constants of the map in ``u``.
+    So ``Lip_u(K_theta) <= gamma`` and ``N(u) = u - s R_theta(u) = (1 - s) u + s K_theta(u)`` is a
     contraction with constant ``1 - s (1 - gamma)`` for ``s in (0, 1]``.
 
 Data step ``P_data`` (``FFPNConfig.data_step``):
@@ -52,6 +54,7 @@ from torch import Tensor, nn
 import fpntools
 from fpntools.info import FixedPointInfo
 from problems.ct.geometry import DEFAULT_NOISE
+from problems.ct.prior import FBPConditioner
 
 __all__ = [
     "FFPNConfig",
@@ -77,9 +80,16 @@ class FFPNConfig:
         negative_slope: LeakyReLU slope (1-Lipschitz for ``|slope| <= 1``).
         activation: ``"leaky_relu"`` or ``"maxmin"`` (channel pairs ``(a, b) -> (max(a, b), min(a, b))``,
             1-Lipschitz and gradient-norm preserving, Anil et al. 2019; needs an even ``channels``).
-        condition: ``"fbp"`` feeds the (Hann) FBP of ``y`` to ``Phi`` as a second input channel,
-            ``Phi(u; u_fbp)``; the normalised first convolution keeps ``Phi`` 1-Lipschitz in ``u``, so all
-            bounds on ``T`` hold unchanged (the FBP is a constant of the fixed-point map).
+        condition: ``"fbp"`` feeds the reference reconstruction ``u_ref(y)`` (see ``reference``) to ``Phi`` as a
+            second input channel, ``Phi(u; u_ref)``; the normalised first convolution keeps ``Phi`` 1-Lipschitz in
+            ``u``, so all bounds on ``T`` hold unchanged (``u_ref`` is a constant of the fixed-point map).
+        reference: the classical reconstruction the network is conditioned on and starts from: ``"fbp"`` (Hann
+            filter, clipped to [0, 1]) or ``"tv"`` (``reference_tv_iters`` PDHG iterations of TV-regularised least
+            squares with weight ``reference_tv_lam``, started from the FBP: a cheap, unconverged TV image).
+        prior: ``"unet"`` adds an unconstrained U-Net on the FBP (:class:`~problems.ct.prior.FBPConditioner`)
+            that gates the hidden features of ``Phi`` per pixel (values in ``(0, 1)``: ``Phi`` stays 1-Lipschitz
+            in ``u``) and adds an offset image ``b(y)`` to ``K``; ``"none"`` leaves ``Phi`` unconditioned.
+        prior_width, prior_levels: U-Net width (first level) and number of resolutions.
         gamma: Lipschitz bound of ``K_theta`` (``< 1``).
         step: ``s in (0, 1]`` in ``u - s R_theta(u)``.
         beta_init: initial mixing ``beta`` of ``Phi_theta`` with the identity.
@@ -87,7 +97,7 @@ class FFPNConfig:
         relaxation: ``lam`` of the data step (``(0, 2)``).
         noise: assumed relative noise level (``eps = eps_factor * noise * ||y||``).
         eps_factor: data-ball radius factor.
-        init: initial iterate: ``"fbp"`` (ASTRA FBP, Hann filter, clipped), ``"zeros"``.
+        init: initial iterate: ``"fbp"`` (the reference reconstruction, despite the historical name), ``"zeros"``.
         solver, backward, tol, max_iter, anderson_m: fixed-point settings (``fpntools.fixed_point``).
         eval_tol, eval_max_iter: settings in eval mode.
         unrolled_steps: number of steps of :class:`UnrolledCT`.
@@ -99,6 +109,12 @@ class FFPNConfig:
     negative_slope: float = 0.1
     activation: Literal["leaky_relu", "maxmin"] = "leaky_relu"
     condition: Literal["none", "fbp"] = "fbp"
+    reference: Literal["fbp", "tv"] = "tv"
+    reference_tv_iters: int = 80
+    reference_tv_lam: float = 0.75
+    prior: Literal["none", "unet"] = "unet"
+    prior_width: int = 16
+    prior_levels: int = 3
     gamma: float = 0.99
     step: float = 1.0
     beta_init: float = 0.25
@@ -138,6 +154,14 @@ class FFPNConfig:
             raise ValueError(f"activation must be 'leaky_relu' or 'maxmin', got {self.activation!r}")
         if self.activation == "maxmin" and self.channels % 2:
             raise ValueError(f"activation 'maxmin' needs an even number of channels, got {self.channels}")
+        if self.reference not in ("fbp", "tv"):
+            raise ValueError(f"reference must be 'fbp' or 'tv', got {self.reference!r}")
+        if self.reference_tv_iters < 1 or self.reference_tv_lam < 0:
+            raise ValueError("reference_tv_iters must be >= 1 and reference_tv_lam >= 0")
+        if self.prior not in ("none", "unet"):
+            raise ValueError(f"prior must be 'none' or 'unet', got {self.prior!r}")
+        if self.prior_width < 1 or self.prior_levels < 1:
+            raise ValueError("prior_width and prior_levels must be >= 1")
         if self.condition not in ("none", "fbp"):
             raise ValueError(f"condition must be 'none' or 'fbp', got {self.condition!r}")
         if abs(self.negative_slope) > 1:
@@ -206,7 +230,10 @@ class LipschitzCNN(nn.Module):
             out.append((c.weight / torch.clamp(sigma, min=1.0), c.bias))
         return out
 
-    def apply(self, u: Tensor, weights: list[tuple[Tensor, Tensor]], cond: Tensor | None = None) -> Tensor:
+    def apply(self, u: Tensor, weights: list[tuple[Tensor, Tensor]], cond: Tensor | None = None,
+              gates: list[Tensor] | None = None) -> Tensor:
+        """``Phi(u)``; ``gates[i]`` (values in ``[0, 1]``, shape of the ``i``-th hidden feature map) multiplies
+        the ``i``-th hidden layer after its activation (1-Lipschitz, so ``Phi`` stays 1-Lipschitz in ``u``)."""
         h = u[:, None] if cond is None else torch.stack([u, cond], dim=1)
         for i, (w, b) in enumerate(weights):
             h = F.conv2d(h, w, b, padding=self.padding)
@@ -216,6 +243,8 @@ class LipschitzCNN(nn.Module):
                     h = torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
                 else:
                     h = F.leaky_relu(h, self.negative_slope)
+                if gates is not None:
+                    h = h * gates[i]
         beta = self.beta
         return (1 - beta) * u + beta * h[:, 0]
 
@@ -260,18 +289,29 @@ class CTFeasibilityOperator(nn.Module):
         self.geometry = geometry if geometry is not None else getattr(op, "geometry", None)
         self.phi = LipschitzCNN(c.channels, c.layers, c.kernel_size, c.negative_slope, c.beta_init,
                                 activation=c.activation, in_channels=2 if c.condition == "fbp" else 1)
+        self.prior: FBPConditioner | None = None
+        if c.prior == "unet":
+            self.prior = FBPConditioner([c.channels] * (c.layers - 1), c.prior_width, c.prior_levels,
+                                        offset_scale=1 - c.gamma * (1 - c.beta_init))
         self._landweber_step: float | None = None
         self._fbp: Any = None
 
     # ----------------------------------------------------------------- pieces
-    def context(self, y: Tensor) -> dict[str, Any]:
-        """Per-solve quantities: normalised weights, ``eps`` per sinogram, the FBP (``condition="fbp"``)."""
+    def context(self, y: Tensor, reference: Tensor | None = None) -> dict[str, Any]:
+        """Per-solve quantities: normalised weights, ``eps`` per sinogram, the reference reconstruction
+        (``condition="fbp"`` or ``init="fbp"``; pass ``reference`` to reuse one computed by
+        :meth:`reference_image`), the gates and offset of the U-Net prior (``prior="unet"``)."""
         c = self.config
         eps = c.eps_factor * c.noise * y.flatten(1).norm(dim=1)
         ctx: dict[str, Any] = {"weights": self.phi.normalized(), "eps": eps, "y": y}
-        if c.condition == "fbp":
-            fbp = self._fbp_image(y)
-            ctx["cond"] = fbp if fbp is not None else y.new_zeros((y.shape[0], *self.op.in_shape))
+        if c.condition == "fbp" or c.init == "fbp" or self.prior is not None:
+            ref = reference if reference is not None else self.reference_image(y)
+            ref = ref if ref is not None else y.new_zeros((y.shape[0], *self.op.in_shape))
+            ctx["reference"] = ref
+            if c.condition == "fbp":
+                ctx["cond"] = ref
+            if self.prior is not None:
+                ctx["gates"], ctx["offset"] = self.prior(ref)
         return ctx
 
     def data_step(self, v: Tensor, y: Tensor, eps: Tensor) -> Tensor:
@@ -286,7 +326,9 @@ class CTFeasibilityOperator(nn.Module):
 
     def T(self, u: Tensor, ctx: dict[str, Any]) -> Tensor:
         c = self.config
-        k = c.gamma * self.phi.apply(u, ctx["weights"], ctx.get("cond"))
+        k = c.gamma * self.phi.apply(u, ctx["weights"], ctx.get("cond"), ctx.get("gates"))
+        if "offset" in ctx:
+            k = k + ctx["offset"]
         v = k if c.step == 1.0 else (1 - c.step) * u + c.step * k
         v = self.data_step(v, ctx["y"], ctx["eps"])
         return v.clamp(0.0, 1.0)
@@ -307,11 +349,23 @@ class CTFeasibilityOperator(nn.Module):
         except NotImplementedError:
             return None
 
+    @torch.no_grad()
+    def reference_image(self, y: Tensor) -> Tensor | None:
+        """The reference reconstruction of ``y`` (batched), see ``FFPNConfig.reference``; ``None`` when it
+        needs an FBP that is unavailable (no geometry, fan beam without CUDA) and ``reference="fbp"``."""
+        c = self.config
+        fbp = self._fbp_image(y)
+        if c.reference == "fbp":
+            return fbp
+        from problems.ct.baselines import tv_reconstruct
+
+        return tv_reconstruct(y.detach(), self.op, lam=c.reference_tv_lam, n_iter=c.reference_tv_iters, x0=fbp)
+
     def initial(self, y: Tensor, ctx: dict[str, Any] | None = None) -> Tensor:
-        """Initial iterate: clipped Hann-filtered FBP (``init="fbp"``, parallel beam) or zeros."""
+        """Initial iterate: the reference reconstruction (``init="fbp"``) or zeros."""
         if self.config.init == "fbp":
-            fbp = ctx.get("cond") if ctx is not None else None
-            fbp = fbp if fbp is not None else self._fbp_image(y)
+            fbp = ctx.get("reference") if ctx is not None else None
+            fbp = fbp if fbp is not None else self.reference_image(y)
             if fbp is not None:
                 return fbp
         return y.new_zeros((y.shape[0], *self.op.in_shape))
@@ -328,6 +382,10 @@ def _as_batch(y: Tensor, op: Any) -> tuple[Tensor, bool]:
     raise ShapeError(f"sinograms have shape {tuple(y.shape)}; expected {out_shape} or (N, {out_shape[0]}, {out_shape[1]})")
 
 
+def _as_image_batch(image: Tensor | None, batched: bool) -> Tensor | None:
+    return image if image is None or batched else image[None]
+
+
 class FFPN(nn.Module):
     """F-FPN: ``u* = T_theta(u*; y)`` solved by ``fpntools.fixed_point``; ``forward(y) -> (u*, info)``."""
 
@@ -336,10 +394,13 @@ class FFPN(nn.Module):
         self.T = CTFeasibilityOperator(op, config, geometry)
         self.config = self.T.config
 
-    def forward(self, y: Tensor, u0: Tensor | None = None) -> tuple[Tensor, FixedPointInfo]:
+    def forward(self, y: Tensor, u0: Tensor | None = None, reference: Tensor | None = None
+                ) -> tuple[Tensor, FixedPointInfo]:
+        """``(u*, info)`` for sinograms ``y``; ``reference``: precomputed :meth:`CTFeasibilityOperator.reference_image`
+        of the same (batched) sinograms, e.g. cached across training epochs."""
         c = self.config
         yb, batched = _as_batch(y, self.T.op)
-        ctx = self.T.context(yb)
+        ctx = self.T.context(yb, _as_image_batch(reference, batched))
         z0 = self.T.initial(yb, ctx) if u0 is None else (u0 if batched else u0[None])
         tol, max_iter = (c.tol, c.max_iter) if self.training else (c.eval_tol, c.eval_max_iter)
         opts: dict[str, Any] = {"m": c.anderson_m} if c.solver == "anderson" else {}
@@ -362,9 +423,9 @@ class UnrolledCT(nn.Module):
         self.T = CTFeasibilityOperator(op, config, geometry)
         self.config = self.T.config
 
-    def forward(self, y: Tensor, u0: Tensor | None = None) -> tuple[Tensor, None]:
+    def forward(self, y: Tensor, u0: Tensor | None = None, reference: Tensor | None = None) -> tuple[Tensor, None]:
         yb, batched = _as_batch(y, self.T.op)
-        ctx = self.T.context(yb)
+        ctx = self.T.context(yb, _as_image_batch(reference, batched))
         u = self.T.initial(yb, ctx) if u0 is None else (u0 if batched else u0[None])
         for _ in range(self.config.unrolled_steps):
             u = self.T.T(u, ctx)

@@ -78,14 +78,17 @@ class TrainConfig:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: Tensor, sinograms: Tensor, batch_size: int = 16) -> dict[str, float]:
-    """Mean PSNR (dB), mean fixed-point steps and seconds per image of ``model`` in eval mode."""
+def evaluate(model: nn.Module, images: Tensor, sinograms: Tensor, batch_size: int = 16,
+             references: Tensor | None = None) -> dict[str, float]:
+    """Mean PSNR (dB), mean fixed-point steps and seconds per image of ``model`` in eval mode (``references``:
+    precomputed reference reconstructions, see :func:`reference_images`; their time is then not counted)."""
     was_training = model.training
     model.eval()
     ps, steps = [], []
     t0 = time.perf_counter()
     for i in range(0, images.shape[0], batch_size):
-        u, info = model(sinograms[i : i + batch_size])
+        ref = None if references is None else references[i : i + batch_size]
+        u, info = model(sinograms[i : i + batch_size], reference=ref)
         ps.append(psnr(u, images[i : i + batch_size]))
         if info is not None:
             steps.append(info.steps.double())
@@ -95,6 +98,19 @@ def evaluate(model: nn.Module, images: Tensor, sinograms: Tensor, batch_size: in
     if steps:
         out["steps"] = float(torch.cat(steps).mean())
     return out
+
+
+@torch.no_grad()
+def reference_images(model: nn.Module, sinograms: Tensor, batch_size: int = 64) -> Tensor | None:
+    """The model's reference reconstructions (FBP or a short TV solve; parameter-free) of all ``sinograms``,
+    computed once so that training epochs do not repeat them; ``None`` when the model has none."""
+    parts = []
+    for i in range(0, sinograms.shape[0], batch_size):
+        ref = model.T.reference_image(sinograms[i : i + batch_size])
+        if ref is None:
+            return None
+        parts.append(ref)
+    return torch.cat(parts)
 
 
 def _rng_state(gen: torch.Generator) -> Tensor:
@@ -173,6 +189,11 @@ def train(
             },
         )
 
+    t_ref = time.perf_counter()
+    train_refs = reference_images(model, data.train.sinograms)
+    val_refs = reference_images(model, data.val.sinograms)
+    log(f"reference reconstructions ({mcfg.reference}) of {len(data.train) + len(data.val)} sinograms: "
+        f"{time.perf_counter() - t_ref:.1f} s")
     t_start = time.perf_counter()
     stop = False
     for epoch in range(start_epoch, cfg.epochs):
@@ -180,10 +201,12 @@ def train(
         t0 = time.perf_counter()
         losses = []
         n_batches = math.ceil(len(data.train) / cfg.batch_size)
-        bar = tqdm(data.train.batches(cfg.batch_size, shuffle=True, generator=gen), total=n_batches,
+        order = torch.randperm(len(data.train), generator=gen)
+        bar = tqdm(order.split(cfg.batch_size), total=n_batches,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for x, y in bar:
-            u, info = model(y)
+        for idx in bar:
+            x, y = data.train.images[idx], data.train.sinograms[idx]
+            u, info = model(y, reference=None if train_refs is None else train_refs[idx])
             loss = torch.mean((u - x) ** 2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,7 +221,7 @@ def train(
             if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
                 stop = True
                 break
-        val = evaluate(model, data.val.images, data.val.sinograms, cfg.batch_size)
+        val = evaluate(model, data.val.images, data.val.sinograms, cfg.batch_size, val_refs)
         entry = {
             "epoch": epoch + 1,
             "train_loss": sum(losses) / max(1, len(losses)),
@@ -259,7 +282,9 @@ def load_model(path: str | os.PathLike, op: Any = None, cache_dir: str | os.Path
     try:
         meta = json.loads(meta_path.read_text())
         geometry = CTGeometry.from_dict(meta["geometry"])
-        mcfg = FFPNConfig.from_dict(meta["model_config"])
+        # weights older than the U-Net prior and the TV reference have neither
+        model_config = {"prior": "none", "reference": "fbp", **meta["model_config"]}
+        mcfg = FFPNConfig.from_dict(model_config)
         kind = meta["kind"]
         tensors = st_load(path.read_bytes())
     except Exception as exc:
