@@ -119,3 +119,14 @@ def test_shipped_weights_reconstruct_default_geometry(tmp_path) -> None:
     with torch.no_grad():
         u, info = model(y)
     assert info.status.name == "CONVERGED" and float(psnr(u, x)) > 24.0
+
+
+def test_cli_tune_tv_prints_the_validation_table(tmp_path) -> None:
+    r = CliRunner().invoke(app, ["tune-tv", "--n-val", "2", "--iters", "30", *GEOM_ARGS,
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    rows = [line for line in r.output.splitlines() if line.startswith("lam ")]
+    assert len(rows) >= 6 and sum("<- best" in line for line in rows) == 1
+    best = float(r.output.split("best lam = ")[1].split()[0])
+    psnrs = {float(line.split()[1].rstrip(":")): float(line.split("PSNR ")[1].split()[0]) for line in rows}
+    assert max(psnrs, key=psnrs.get) == pytest.approx(best, rel=1e-3)

@@ -348,3 +348,31 @@ def bench(
     if json_out is not None:
         doc = {"geometry": g.to_dict(), "n_test": n_test, "seed": seed, "results": results}
         atomic_write_bytes(json_out, json.dumps(doc, indent=2).encode())
+
+
+@app.command("tune-tv")
+def tune_tv(
+    n_val: int = typer.Option(16, help="validation phantoms (random ellipses, validation split)"),
+    seed: int = typer.Option(0),
+    iters: int = typer.Option(500, help="PDHG iterations per reconstruction"),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch default)"),
+    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
+    detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
+    origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
+) -> None:
+    """Choose the TV weight by validation PSNR (log grid 0.1 ... 31.6, then refined); prints the table."""
+    from problems.ct.baselines import TVConfig, tune_tv_lambda
+    from problems.ct.phantoms import CTDataConfig, make_dataset
+    from problems.ct.projector import ct_operator
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
+    if n_val < 1:
+        raise UserInputError(f"n_val must be >= 1, got {n_val}")
+    data = make_dataset(CTDataConfig(geometry=g, n_train=0, n_val=n_val, n_test=0, seed=seed), cache_dir=cache_dir)
+    op = ct_operator(g, cache_dir=cache_dir)
+    best, table = tune_tv_lambda(data.val.images, data.val.sinograms, op, config=TVConfig(n_iter=iters))
+    for lam in sorted(table):
+        typer.echo(f"lam {lam:8.4f}: validation PSNR {table[lam]:.3f} dB" + ("  <- best" if lam == best else ""))
+    typer.echo(f"best lam = {best:.4g} ({n_val} validation phantoms, {iters} PDHG iterations)")
