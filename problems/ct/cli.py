@@ -355,6 +355,7 @@ def tune_tv(
     n_val: int = typer.Option(16, help="validation phantoms (random ellipses, validation split)"),
     seed: int = typer.Option(0),
     iters: int = typer.Option(500, help="PDHG iterations per reconstruction"),
+    refine: int = typer.Option(2, help="refinements of the grid around the best value (factors 10^(1/4), 10^(1/8), ...)"),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)"),
     size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
     detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
@@ -372,7 +373,8 @@ def tune_tv(
         raise UserInputError(f"n_val must be >= 1, got {n_val}")
     data = make_dataset(CTDataConfig(geometry=g, n_train=0, n_val=n_val, n_test=0, seed=seed), cache_dir=cache_dir)
     op = ct_operator(g, cache_dir=cache_dir)
-    best, table = tune_tv_lambda(data.val.images, data.val.sinograms, op, config=TVConfig(n_iter=iters))
+    best, table = tune_tv_lambda(data.val.images, data.val.sinograms, op, config=TVConfig(n_iter=iters),
+                                 refine=refine)
     for lam in sorted(table):
         typer.echo(f"lam {lam:8.4f}: validation PSNR {table[lam]:.3f} dB" + ("  <- best" if lam == best else ""))
     typer.echo(f"best lam = {best:.4g} ({n_val} validation phantoms, {iters} PDHG iterations)")
