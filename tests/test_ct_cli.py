@@ -115,10 +115,14 @@ def test_shipped_weights_reconstruct_default_geometry(tmp_path) -> None:
         assert wg == g and meta["kind"] == kind and meta["history"]
     x = torch.from_numpy(random_ellipses(1, 128, seed=123))
     y = simulate(x, g, seed=5, operator=op)
-    model, _, _ = load_model(shipped_weights("ffpn"), op=op)
-    with torch.no_grad():
-        u, info = model(y)
-    assert info.status.name == "CONVERGED" and float(psnr(u, x)) > 24.0
+    for kind in ("ffpn", "unrolled"):
+        model, _, _ = load_model(shipped_weights(kind), op=op)  # type: ignore[arg-type]
+        with torch.no_grad():
+            u, info = model(y)
+            ref = model.T.reference_image(y)
+        # on a phantom it never saw, the learned map improves on the classical reconstruction it starts from
+        assert float(psnr(u, x)) > max(33.0, float(psnr(ref, x)) + 0.5), (kind, float(psnr(u, x)), float(psnr(ref, x)))
+        assert info is None or info.status.name == "CONVERGED"
 
 
 def test_cli_tune_tv_prints_the_validation_table(tmp_path) -> None:
