@@ -180,9 +180,9 @@ def test_tv_reference_is_better_than_fbp(problem) -> None:
 
 
 def test_prior_handles_sizes_not_divisible_by_two() -> None:
-    from problems.ct.prior import FBPConditioner
+    from problems.ct.prior import ReferenceConditioner
 
-    net = FBPConditioner([3, 3], width=4, levels=3)
+    net = ReferenceConditioner([3, 3], width=4, levels=3)
     gates, offset = net(torch.rand(2, 27, 27))
     assert offset.shape == (2, 27, 27) and [g.shape for g in gates] == [(2, 3, 27, 27)] * 2
 

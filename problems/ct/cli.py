@@ -253,7 +253,7 @@ def train(
     condition: str = typer.Option("fbp", help="fbp (FBP as a second input channel of the regulariser) | none"),
     reference: str = typer.Option("tv", help="reference reconstruction the network starts from: tv | fbp"),
     reference_tv_iters: int = typer.Option(80, help="PDHG iterations of the TV reference"),
-    prior: str = typer.Option("unet", help="unet (U-Net on the FBP gating the regulariser, plus an offset) | none"),
+    prior: str = typer.Option("unet", help="unet (U-Net on the reference gating the regulariser, plus an offset) | none"),
     prior_width: int = typer.Option(16, help="U-Net prior: channels of the first level"),
     prior_levels: int = typer.Option(3, help="U-Net prior: number of resolutions"),
     unrolled_steps: int = typer.Option(10),

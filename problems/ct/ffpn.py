@@ -13,7 +13,7 @@ Regularisation step.
     convolutions are spectrally normalised (operator norm ``<= 1``, computed from the Fourier symbol of the
     kernel, :func:`conv_operator_norm`) and 1-Lipschitz activations (LeakyReLU or MaxMin) whose hidden features
     are multiplied by per-pixel gates ``g(y) in (0, 1)``, ``beta = sigmoid(b)`` learned, ``gamma < 1``.
-    The gates and the offset image ``b(y)`` come from an unconstrained U-Net on the FBP of ``y``
+    The gates and the offset image ``b(y)`` come from an unconstrained U-Net on a reference reconstruction of ``y``
     (:mod:`problems.ct.prior`), evaluated once per reconstruction: constants of the map in ``u``.
     So ``Lip_u(K_theta) <= gamma`` and ``N(u) = u - s R_theta(u) = (1 - s) u + s K_theta(u)`` is a
     contraction with constant ``1 - s (1 - gamma)`` for ``s in (0, 1]``.
@@ -54,7 +54,7 @@ from torch import Tensor, nn
 import fpntools
 from fpntools.info import FixedPointInfo
 from problems.ct.geometry import DEFAULT_NOISE
-from problems.ct.prior import FBPConditioner
+from problems.ct.prior import ReferenceConditioner
 
 __all__ = [
     "FFPNConfig",
@@ -86,7 +86,7 @@ class FFPNConfig:
         reference: the classical reconstruction the network is conditioned on and starts from: ``"fbp"`` (Hann
             filter, clipped to [0, 1]) or ``"tv"`` (``reference_tv_iters`` PDHG iterations of TV-regularised least
             squares with weight ``reference_tv_lam``, started from the FBP: a cheap, unconverged TV image).
-        prior: ``"unet"`` adds an unconstrained U-Net on the FBP (:class:`~problems.ct.prior.FBPConditioner`)
+        prior: ``"unet"`` adds an unconstrained U-Net on ``u_ref`` (:class:`~problems.ct.prior.ReferenceConditioner`)
             that gates the hidden features of ``Phi`` per pixel (values in ``(0, 1)``: ``Phi`` stays 1-Lipschitz
             in ``u``) and adds an offset image ``b(y)`` to ``K``; ``"none"`` leaves ``Phi`` unconditioned.
         prior_width, prior_levels: U-Net width (first level) and number of resolutions.
@@ -289,9 +289,9 @@ class CTFeasibilityOperator(nn.Module):
         self.geometry = geometry if geometry is not None else getattr(op, "geometry", None)
         self.phi = LipschitzCNN(c.channels, c.layers, c.kernel_size, c.negative_slope, c.beta_init,
                                 activation=c.activation, in_channels=2 if c.condition == "fbp" else 1)
-        self.prior: FBPConditioner | None = None
+        self.prior: ReferenceConditioner | None = None
         if c.prior == "unet":
-            self.prior = FBPConditioner([c.channels] * (c.layers - 1), c.prior_width, c.prior_levels,
+            self.prior = ReferenceConditioner([c.channels] * (c.layers - 1), c.prior_width, c.prior_levels,
                                         offset_scale=1 - c.gamma * (1 - c.beta_init))
         self._landweber_step: float | None = None
         self._fbp: Any = None
@@ -401,7 +401,7 @@ class FFPN(nn.Module):
         c = self.config
         yb, batched = _as_batch(y, self.T.op)
         ctx = self.T.context(yb, _as_image_batch(reference, batched))
-        z0 = self.T.initial(yb, ctx) if u0 is None else (u0 if batched else u0[None])
+        z0 = self.T.initial(yb, ctx) if u0 is None else _as_image_batch(u0, batched)
         tol, max_iter = (c.tol, c.max_iter) if self.training else (c.eval_tol, c.eval_max_iter)
         opts: dict[str, Any] = {"m": c.anderson_m} if c.solver == "anderson" else {}
         u, info = fpntools.fixed_point(
@@ -426,7 +426,7 @@ class UnrolledCT(nn.Module):
     def forward(self, y: Tensor, u0: Tensor | None = None, reference: Tensor | None = None) -> tuple[Tensor, None]:
         yb, batched = _as_batch(y, self.T.op)
         ctx = self.T.context(yb, _as_image_batch(reference, batched))
-        u = self.T.initial(yb, ctx) if u0 is None else (u0 if batched else u0[None])
+        u = self.T.initial(yb, ctx) if u0 is None else _as_image_batch(u0, batched)
         for _ in range(self.config.unrolled_steps):
             u = self.T.T(u, ctx)
         return (u if batched else u[0]), None

@@ -221,12 +221,16 @@ class CTSplit:
     def __getitem__(self, idx: Any) -> "CTSplit":
         return CTSplit(self.images[idx], self.sinograms[idx])
 
-    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
-        """Yield ``(images, sinograms)`` mini-batches."""
+    def index_batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+                      ) -> tuple[Tensor, ...]:
+        """Index tensors of the mini-batches (a random permutation from ``generator`` when ``shuffle``)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for i in range(0, n, batch_size):
-            j = order[i : i + batch_size]
+        return order.split(batch_size)
+
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None):
+        """Yield ``(images, sinograms)`` mini-batches."""
+        for j in self.index_batches(batch_size, shuffle, generator):
             yield self.images[j], self.sinograms[j]
 
 

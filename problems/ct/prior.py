@@ -1,14 +1,14 @@
-"""FBP-conditioned U-Net that adapts the F-FPN regulariser to each sinogram.
+"""U-Net on a reference reconstruction that adapts the F-FPN regulariser to each sinogram.
 
 The F-FPN map must stay a contraction in ``u``; anything computed from the measurements alone is a constant of
-the map and may be as expressive as we like. :class:`FBPConditioner` looks at the (Hann-filtered) FBP of ``y``
-once per reconstruction and returns
+the map and may be as expressive as we like. :class:`ReferenceConditioner` looks at the reference reconstruction
+``u_ref(y)`` (the FBP or a short TV solve, ``FFPNConfig.reference``) once per reconstruction and returns
 
 * per-pixel, per-channel **gates** ``g_l in (0, 1)^{C x n x n}`` that multiply the hidden features of the
   1-Lipschitz CNN ``Phi`` (an elementwise product with values in ``[0, 1]`` is 1-Lipschitz, so ``Phi`` stays
-  1-Lipschitz in ``u``): the regulariser smooths where the FBP shows flat regions and keeps edges elsewhere,
+  1-Lipschitz in ``u``): the regulariser smooths where ``u_ref`` shows flat regions and keeps edges elsewhere,
   a learned, spatially adaptive prior;
-* an additive **offset image** ``b`` (``a * fbp + head(fbp)``, ``a`` a learned scalar), which shifts the fixed
+* an additive **offset image** ``b`` (``a * u_ref + head(u_ref)``, ``a`` a learned scalar), which shifts the fixed
   point towards a learned estimate without changing the Lipschitz constant.
 
 Architecture: a U-Net (Ronneberger et al. 2015) with ``levels`` resolutions, two 3x3 convolutions + GroupNorm +
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FBPConditioner"]
+__all__ = ["ReferenceConditioner"]
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -34,15 +34,15 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class FBPConditioner(nn.Module):
-    """``fbp (B, n, n) -> (gates, offset)``: ``gates[l]`` of shape ``(B, gate_channels[l], n, n)`` in ``(0, 1)``
+class ReferenceConditioner(nn.Module):
+    """``u_ref (B, n, n) -> (gates, offset)``: ``gates[l]`` of shape ``(B, gate_channels[l], n, n)`` in ``(0, 1)``
     and ``offset`` of shape ``(B, n, n)``.
 
     Args:
         gate_channels: channels of each gated hidden layer of ``Phi``.
         width: channels of the first U-Net level (doubled at every coarser level).
         levels: number of resolutions (``>= 1``); any image size works (skips are resized to match).
-        offset_scale: initial ``a`` in ``offset = a * fbp + head(fbp)``.
+        offset_scale: initial ``a`` in ``offset = a * u_ref + head(u_ref)``.
         gate_bias: initial pre-sigmoid gate value (``2`` opens the gates to ~0.88 at initialisation).
     """
 
@@ -63,8 +63,8 @@ class FBPConditioner(nn.Module):
             self.head.bias[1:] = gate_bias
         self.offset_scale = nn.Parameter(torch.tensor(float(offset_scale)))
 
-    def forward(self, fbp: Tensor) -> tuple[list[Tensor], Tensor]:
-        h = fbp[:, None]
+    def forward(self, reference: Tensor) -> tuple[list[Tensor], Tensor]:
+        h = reference[:, None]
         skips = []
         for i, block in enumerate(self.down):
             if i > 0:
@@ -76,7 +76,7 @@ class FBPConditioner(nn.Module):
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = self.up[i](torch.cat([h, skip], dim=1))
         out = self.head(h)
-        offset = self.offset_scale * fbp + out[:, 0]
+        offset = self.offset_scale * reference + out[:, 0]
         gates, start = [], 1
         for c in self.gate_channels:
             gates.append(torch.sigmoid(out[:, start : start + c]))

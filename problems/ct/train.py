@@ -200,9 +200,8 @@ def train(
         model.train()
         t0 = time.perf_counter()
         losses = []
-        n_batches = math.ceil(len(data.train) / cfg.batch_size)
-        order = torch.randperm(len(data.train), generator=gen)
-        bar = tqdm(order.split(cfg.batch_size), total=n_batches,
+        batches = data.train.index_batches(cfg.batch_size, shuffle=True, generator=gen)
+        bar = tqdm(batches, total=len(batches),
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for idx in bar:
             x, y = data.train.images[idx], data.train.sinograms[idx]
