@@ -95,6 +95,25 @@ def test_cli_errors(tmp_path) -> None:
     assert r.exit_code != 0 and "not found" in str(r.exception)
     r = runner.invoke(app, ["bench", "--methods", "fbp,magic", *GEOM_ARGS])
     assert r.exit_code != 0 and "unknown methods" in str(r.exception)
+    bad_inputs = {
+        "nan": (np.where(np.arange(8 * 23).reshape(8, 23) == 5, np.nan, 0.0), "1 NaN or infinite"),
+        "inf": (np.full((2, 8, 23), np.inf), "368 NaN or infinite"),
+        "empty": (np.zeros((0, 8, 23), np.float32), "empty batch"),
+        "complex": (np.zeros((8, 23), np.complex64), "dtype complex64"),
+        "text": (np.full((8, 23), "a"), "dtype <U1"),
+        "bool": (np.zeros((8, 23), bool), "dtype bool"),
+    }
+    for tag, (arr, message) in bad_inputs.items():
+        path, out = tmp_path / f"{tag}.npy", tmp_path / f"{tag}_out.npy"
+        np.save(path, arr)
+        r = runner.invoke(app, ["reconstruct", str(path), "--method", "fbp", "--out", str(out), *GEOM_ARGS])
+        assert r.exit_code != 0 and isinstance(r.exception, UserInputError), (tag, r.exception)
+        assert message in str(r.exception), (tag, str(r.exception))
+        assert not out.exists()
+    np.save(tmp_path / "ints.npy", np.zeros((8, 23), np.int16))  # integer sinograms are real numbers: accepted
+    r = runner.invoke(app, ["reconstruct", str(tmp_path / "ints.npy"), "--method", "fbp",
+                            "--out", str(tmp_path / "ints_out.npy"), *GEOM_ARGS])
+    assert r.exit_code == 0, r.output
     good = tmp_path / "good.npy"
     np.save(good, np.zeros((8, 23), np.float32))
     r = runner.invoke(app, ["reconstruct", str(good), "--method", "ffpn", "--weights", str(tmp_path / "no.safetensors"),

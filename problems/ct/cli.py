@@ -214,8 +214,8 @@ def reconstruct(
     from problems.ct.projector import ct_operator
 
     g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
-    y_np = _load_array(sinogram, "sinogram").astype(np.float32)
-    yb, batched = g.check_sinogram(torch.from_numpy(y_np), f"sinogram {sinogram}")
+    y_np, batched = g.check_sinogram(_load_array(sinogram, "sinogram"), f"sinogram {sinogram}")
+    yb = torch.from_numpy(np.ascontiguousarray(y_np, dtype=np.float32))
     op = ct_operator(g, cache_dir=cache_dir)
     t0 = time.perf_counter()
     rec, extra = _reconstruct(method.lower(), yb, g, op, lam, filter, weights, cache_dir, iters)

@@ -233,10 +233,17 @@ class CTGeometry:
 def _check(a: Any, shape: tuple[int, int], name: str, layout: str, desc: str) -> tuple[Any, bool]:
     if not isinstance(a, (np.ndarray, torch.Tensor)):
         raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(a).__name__}")
+    real = (a.dtype.kind in "fiu") if isinstance(a, np.ndarray) else not (a.is_complex() or a.dtype == torch.bool)
+    if not real:
+        raise UserInputError(f"{name} has dtype {a.dtype}; expected real numbers (float or integer)")
     got = tuple(a.shape)
     if got == shape:
+        _check_finite(a, name)
         return a[None], False
     if len(got) == 3 and got[1:] == shape:
+        if got[0] == 0:
+            raise ShapeError(f"{name} is an empty batch, shape {got}")
+        _check_finite(a, name)
         return a, True
     if len(got) == 4 and got[1] == 1 and got[2:] == shape:
         raise ShapeError(
@@ -249,3 +256,9 @@ def _check(a: Any, shape: tuple[int, int], name: str, layout: str, desc: str) ->
     raise ShapeError(
         f"{name} has shape {got}; expected {shape} or (N, {shape[0]}, {shape[1]}) {layout} for geometry: {desc}{hint}"
     )
+
+
+def _check_finite(a: Any, name: str) -> None:
+    bad = int((~np.isfinite(a)).sum()) if isinstance(a, np.ndarray) else int((~torch.isfinite(a)).sum())
+    if bad:
+        raise UserInputError(f"{name} contains {bad} NaN or infinite value(s)")
