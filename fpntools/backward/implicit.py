@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from functools import partial
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -14,6 +15,26 @@ from fpntools.solvers import FixedPointSolver, make_solver
 from fpntools.solvers.base import FlatMap
 
 __all__ = ["Implicit"]
+
+
+class _AdjointGate(torch.autograd.Function):
+    """Identity in the forward pass; in the backward pass replaces the incoming gradient ``v`` of ``f(z*)`` by
+    the adjoint solution ``u = (I - J)^{-T} v``, which then flows on through ``f``'s own graph.
+
+    The adjoint closure (holding ``f(z*)`` and ``z*``) lives on this node's context: downstream of ``f(z*)``,
+    so it is freed with the caller's graph (a tensor hook on ``f(z*)`` that captures ``f(z*)`` would form a
+    cycle through autograd's C++ graph that Python's collector cannot free), and the node works for any
+    number of backward passes (``retain_graph=True``).
+    """
+
+    @staticmethod
+    def forward(ctx, fz: Tensor, adjoint: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: ANN001
+        ctx.adjoint = adjoint
+        return fz.view_as(fz)
+
+    @staticmethod
+    def backward(ctx, v: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        return ctx.adjoint(v), None
 
 
 @dataclass
@@ -46,21 +67,9 @@ class Implicit(BackwardMode):
             fz = g(z_in)
         if not fz.requires_grad:  # f depends on nothing that requires grad: no graph to attach
             return z_star
-        busy = [False]
+        return attach_surrogate(z_star, _AdjointGate.apply(fz, partial(self._adjoint, fz, z_in, info=info)))
 
-        def hook(v: Tensor) -> Tensor:
-            if busy[0]:  # re-entrant call from the vector-Jacobian products below
-                return v
-            busy[0] = True
-            try:
-                return self._adjoint(fz, z_in, v, info)
-            finally:
-                busy[0] = False
-
-        fz.register_hook(hook)
-        return attach_surrogate(z_star, fz)
-
-    def _adjoint(self, fz: Tensor, z_in: Tensor, v: Tensor, info: FixedPointInfo) -> Tensor:
+    def _adjoint(self, fz: Tensor, z_in: Tensor, v: Tensor, *, info: FixedPointInfo) -> Tensor:
         v = v.detach()
 
         def adjoint_map(u: Tensor) -> Tensor:
