@@ -43,6 +43,49 @@ def test_masks_and_shift_averaging_roundtrip():
         np.testing.assert_allclose(unshift_mean(b.double(), img.shape), img, atol=1e-6)
 
 
+def test_training_corruptions():
+    """Noise levels in range, some clean patches, missing pixels zeroed, missing fraction in the set range."""
+    from problems.imaging.train import Corruption, corrupt
+
+    rng = np.random.default_rng(0)
+    p = torch.rand(400, 1, 32, 32)
+    c = Corruption(p_clean=0.2, sigma_max=0.5, p_mask=0.5, fraction_range=(0.1, 0.4))
+    y, m, s = corrupt(p, rng, c)
+    assert y.shape == m.shape == p.shape and s.shape == (400,)
+    assert float(s.min()) == 0.0 and float(s.max()) <= 0.5 and 0.1 < float((s == 0).float().mean()) < 0.3
+    assert torch.all(y[m == 0] == 0)
+    masked = m.flatten(1).min(1).values == 0
+    assert 0.35 < float(masked.float().mean()) < 0.65
+    frac = 1 - m[masked].flatten(1).mean(1)
+    assert float(frac.min()) > 0.0 and float(frac.max()) < 0.7
+    clean = (s == 0) & ~masked
+    torch.testing.assert_close(y[clean], p[clean])  # clean, unmasked patches are untouched
+    resid = (y - p)[(s > 0.3) & ~masked]
+    assert 0.25 < float(resid.std()) < 0.5
+
+
+def test_amortized_prior_centre_and_shapes(model):
+    """The encoder maps an observation (any mask / noise level) to the latent grid; the latent problem is
+    centred on it and starts there; a wrongly shaped prior centre is rejected."""
+    from problems.imaging.tasks import LatentProblem
+
+    img = center_crop(load_image("coins"), 32)
+    y = torch.as_tensor(img, dtype=torch.float32)[None, None]
+    x1 = model.encode(y, None, 0.2)
+    x2 = model.encode(y.expand(2, -1, -1, -1), torch.ones(2, 1, 32, 32), torch.tensor([0.2, 0.4]))
+    assert x1.shape == (1, *model.latent_shape(32, 32)) and x2.shape[0] == 2
+    torch.testing.assert_close(x2[:1], x1)
+    prob = make_problem(model, img, None, TaskConfig(sigma=0.2))
+    torch.testing.assert_close(prob.x0(), x1)
+    assert float(prob.loss(prob.z0(x1), x1)[0]) == pytest.approx(
+        0.5 * float((model.head(prob.z0(x1)) - y).pow(2).sum()), rel=1e-5
+    )
+    zero = make_problem(model, img, None, TaskConfig(amortized=False))
+    assert float(zero.x0().abs().max()) == 0.0
+    with pytest.raises(ValueError, match="latent shape"):
+        LatentProblem(model, y, x_prior=torch.zeros(1, 1, 8, 8))
+
+
 def test_read_image_16bit_and_float(tmp_path: Path):
     import imageio.v3 as iio
 
@@ -72,6 +115,7 @@ def test_latent_fitting_augmented_and_naive(model):
     img = center_crop(load_image("coins"), 32)
     cfg = TaskConfig(
         lam=0.02,
+        amortized=False,
         augmented=AugmentedConfig(step_size=0.1, max_iter=60, tol=1e-6, solver_options={"m": 20}, backward="jfb"),
         naive=NaiveConfig(lr=0.05, steps=25),
     )

@@ -70,7 +70,7 @@ def denoise(
         _check_out(out)
         y = read_image(image)
         model = _load(weights)
-        cfg = TaskConfig(lam=lam_for_sigma(sigma))
+        cfg = TaskConfig(lam=lam_for_sigma(sigma), sigma=sigma)
         if max_iter > 0:
             cfg = replace(cfg, augmented=replace(cfg.augmented, max_iter=max_iter))
         img, res = restore_augmented(model, y, None, cfg)
@@ -103,7 +103,7 @@ def inpaint(
         y = read_image(image)
         known = read_mask(mask, y.shape)
         model = _load(weights)
-        cfg = TaskConfig(lam=lam_for_sigma(sigma))
+        cfg = TaskConfig(lam=lam_for_sigma(sigma), sigma=sigma)
         if max_iter > 0:
             cfg = replace(cfg, augmented=replace(cfg.augmented, max_iter=max_iter))
         img, res = restore_augmented(model, np.where(known, y, 0.0), known, cfg)
@@ -152,6 +152,47 @@ def adversarial(
     torch.set_num_threads(1)
     cfg = AdvConfig(epochs=epochs, eps=eps)
     typer.echo(format_demo(run_demo(cfg), cfg))
+
+
+@app.command()
+def tune(
+    size: int = typer.Option(96, help="side of the central crop of each training image"),
+    lams: str = typer.Option("0.003,0.01,0.03,0.1,0.3,1,3", help="comma-separated prior weights to try"),
+    tv_weights: str = typer.Option("0.02,0.05,0.1,0.15,0.2,0.3,0.4,0.6", help="comma-separated TV weights to try"),
+    naive_lrs: str = typer.Option("0.005,0.01,0.02,0.05,0.1", help="Adam learning rates of the naive baseline to try"),
+    weights: str = typer.Option("", help="decoder weights"),
+    threads: int = typer.Option(1, help="torch threads"),
+) -> None:
+    """Choose the latent prior weight and the TV baseline's weight per benchmark task on training images
+    (prints the mean PSNR of every value; the benchmark's settings are the best ones)."""
+
+    def go() -> None:
+        import torch
+
+        from problems.imaging.bench import TASKS, TUNE_IMAGES, tune_naive_lr, tune_task
+
+        torch.set_num_threads(threads)
+        try:
+            lam_grid = tuple(float(v) for v in lams.split(","))
+            tv_grid = tuple(float(v) for v in tv_weights.split(","))
+            lr_grid = tuple(float(v) for v in naive_lrs.split(","))
+        except ValueError:
+            raise UserInputError("--lams, --tv-weights and --naive-lrs must be comma-separated numbers") from None
+        model = _load(weights)
+        typer.echo(f"training crops {size}x{size} of {', '.join(TUNE_IMAGES)}")
+        for task in TASKS:
+            by_lam, by_tv = tune_task(model, task, lam_grid, tv_grid, size=size)
+            best_lam, best_tv = max(by_lam, key=by_lam.get), max(by_tv, key=by_tv.get)
+            typer.echo(f"{task.name}: lam " + ", ".join(f"{k:g}: {v:.2f}" for k, v in by_lam.items()) + f" -> {best_lam:g}")
+            typer.echo(f"{task.name}: TV  " + ", ".join(f"{k:g}: {v:.2f}" for k, v in by_tv.items()) + f" -> {best_tv:g}")
+            by_lr = tune_naive_lr(model, task, lr_grid, size=size, lam=best_lam)
+            best_lr = min(by_lr, key=by_lr.get)
+            typer.echo(
+                f"{task.name}: naive Adam lr (final objective) "
+                + ", ".join(f"{k:g}: {v:.3f}" for k, v in by_lr.items()) + f" -> {best_lr:g}"
+            )
+
+    _run(go)
 
 
 @app.command()

@@ -10,11 +10,15 @@ Layer (residual block in the style of MDEQ, Bai et al. 2020, with group normalis
     u(x) &= \mathrm{conv}_{inj}(\mathrm{up}_2(x)) \\
     f(z, x) &= \mathrm{GN}_3\big(\mathrm{relu}(z + \mathrm{GN}_2(W_2 * \mathrm{relu}(\mathrm{GN}_1(W_1 * z)) + u(x)))\big)
 
-Head: ``h(z) = W_o * relu(up_2(W_h * z))``. Encoder (training only, gives the latent of a patch):
-two stride-2 convolutions then a 1x1 convolution to ``c_lat`` channels.
+Head: ``h(z) = W_o * relu(W_f * relu(up_2(W_h * z))) + 1/2`` (bilinear upsampling, one full-resolution
+convolution).
 
-The model is trained as an autoencoder with the DEQ decoder (implicit gradients through the equilibrium);
-at test time only the decoder is used and the latent is found by optimisation.
+Amortised inference encoder ``E(y, m, sigma)``: a convolutional network (two stride-2 stages) that maps an
+observation -- pixels ``y`` (missing ones set to 0), the known-pixel mask ``m`` and the noise level ``sigma``
+as a constant channel -- to a latent estimate ``x_hat``. The decoder and the encoder are trained together on
+corrupted patches (random noise levels and missing blocks, clean targets), so ``h(z*(E(y)))`` is already a
+restoration; at test time the latent is then optimised under the observation with the prior centred on
+``x_hat`` (see :mod:`problems.imaging.tasks`).
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "imaging" / "de
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Architecture: ``channels`` C of the state, ``latent_channels`` of the latent grid, ``groups`` of GN."""
+    """Architecture: ``channels`` C of the state, ``latent_channels`` of the latent grid, ``groups`` of GN,
+    ``encoder_width`` of the amortised encoder."""
 
-    channels: int = 24
-    latent_channels: int = 2
+    channels: int = 32
+    latent_channels: int = 8
     groups: int = 4
+    encoder_width: int = 32
 
     @property
     def factor(self) -> int:
@@ -81,21 +87,34 @@ class DEQDecoder(nn.Module):
         c, cl = self.cfg.channels, self.cfg.latent_channels
         self.layer = DEQLayer(self.cfg)
         self.head_conv = nn.Conv2d(c, c, 3, padding=1)
+        self.full_conv = nn.Conv2d(c, c, 3, padding=1)
         self.out_conv = nn.Conv2d(c, 1, 3, padding=1)
+        w = self.cfg.encoder_width
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, c, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c, cl, 1),
+            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, w, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, w, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, cl, 1),
         )
 
     def head(self, z: Tensor) -> Tensor:
         """Image ``(B, 1, H, W)`` from the state ``(B, C, H/2, W/2)``."""
         y = F.relu(F.interpolate(self.head_conv(z), scale_factor=2, mode="bilinear", align_corners=False))
-        return self.out_conv(y) + 0.5
+        return self.out_conv(F.relu(self.full_conv(y))) + 0.5
 
-    def encode(self, img: Tensor) -> Tensor:
-        return self.encoder(img - 0.5)
+    def encode(self, y: Tensor, mask: Tensor | None = None, sigma: float | Tensor = 0.0) -> Tensor:
+        r"""Amortised latent estimate ``x_hat = E(y, m, sigma)`` for observations ``y`` ``(B, 1, H, W)``.
+
+        ``mask`` (``(B, 1, H, W)``, 1 = known pixel; default all known) and ``sigma`` (a float or a ``(B,)``
+        tensor of noise levels) describe the corruption; missing pixels are ignored.
+        """
+        m = torch.ones_like(y) if mask is None else mask.to(y.dtype)
+        s = torch.as_tensor(sigma, dtype=y.dtype, device=y.device).reshape(-1, 1, 1, 1).expand_as(y)
+        return self.encoder(torch.cat([(y - 0.5) * m, m, s], dim=1))
 
     def latent_shape(self, h: int, w: int) -> tuple[int, int, int]:
         return (self.cfg.latent_channels, h // 4, w // 4)

@@ -3,12 +3,14 @@ r"""Inverse problems solved by optimising the decoder's latent input, plus total
 For an observation ``y`` (noisy and/or with missing pixels, ``M`` the 0/1 mask of known pixels) and the
 decoder ``x -> h(z*(x))`` the latent is found from
 
-.. math::  \min_x \; \tfrac12 \| M \odot (h(z^*(x)) - y) \|_2^2 + \tfrac{\lambda}{2} \|x\|_2^2,
+.. math::  \min_x \; \tfrac12 \| M \odot (h(z^*(x)) - y) \|_2^2 + \tfrac{\lambda}{2} \|x - \hat x\|_2^2,
            \qquad z^*(x) = f(z^*(x), x),
 
 either by the augmented joint fixed point (:func:`fpntools.augmented.augmented_solve`) or by the naive
-nested optimiser (:func:`fpntools.augmented.naive_solve`). The restored image is ``h(z*(x*))``.
-Latent fitting to a clean target is the same problem with ``M = 1`` and a small ``lambda``.
+nested optimiser (:func:`fpntools.augmented.naive_solve`), both started at ``x = x_hat``. The restored image
+is ``h(z*(x*))``. The prior centre ``x_hat = E(y, M, sigma)`` is the decoder's amortised encoder estimate
+(``TaskConfig.amortized``; with ``amortized=False`` it is 0, a plain Gaussian latent prior). Latent fitting
+to a clean target is the same problem with ``M = 1`` and a small ``lambda``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "NAIVE_DEFAULT",
     "restore_augmented",
     "restore_naive",
+    "restore_amortized",
     "make_problem",
     "shifted_batch",
     "unshift_mean",
@@ -72,11 +75,14 @@ NAIVE_DEFAULT = NaiveConfig(optimizer="adam", lr=0.05, steps=150, inner_tol=1e-4
 
 @dataclass
 class TaskConfig:
-    """Prior weight ``lam`` (per sigma in the CLI/benchmark), solver settings, and ``shifts``: the image is
-    restored at ``shifts`` offsets of the latent grid (2-pixel shifts, reflect padding) as one batch and the
-    aligned results are averaged (translation averaging, "cycle spinning"); 1 = no averaging."""
+    """Prior weight ``lam`` (per sigma in the CLI/benchmark), the noise level ``sigma`` given to the amortised
+    encoder, whether the prior is centred on the encoder's estimate (``amortized``) or on 0, solver settings,
+    and ``shifts``: the image is restored at ``shifts`` offsets of the latent grid (2-pixel shifts, reflect
+    padding) as one batch and the aligned results are averaged (translation averaging); 1 = no averaging."""
 
     lam: float = 0.05
+    sigma: float = 0.0
+    amortized: bool = True
     tv: float = 0.0
     shifts: int = 1
     augmented: AugmentedConfig = field(default_factory=lambda: replace(AUGMENTED_DEFAULT))
@@ -92,14 +98,22 @@ def smooth_tv(u: Tensor, eps: float = 1e-2) -> Tensor:
 
 
 class LatentProblem:
-    r"""``loss(z, x) = 1/2 ||M (h(z) - y)||^2 + lam/2 ||x||^2 + tv TV_eps(h(z))`` for a :class:`DEQDecoder`
-    (batch of images); ``tv = 0`` (default) is the pure generative prior.
+    r"""``loss(z, x) = 1/2 ||M (h(z) - y)||^2 + lam/2 ||x - x_prior||^2 + tv TV_eps(h(z))`` for a
+    :class:`DEQDecoder` (batch of images); ``x_prior`` defaults to 0 and is the starting latent;
+    ``tv = 0`` (default) is the pure generative prior.
 
     ``f(z, x)`` is the decoder's DEQ layer; ``image(x)`` decodes with an accurate equilibrium solve.
     """
 
     def __init__(
-        self, model: DEQDecoder, y: Tensor, mask: Tensor | None = None, lam: float = 0.05, tv: float = 0.0, tv_eps: float = 1e-2
+        self,
+        model: DEQDecoder,
+        y: Tensor,
+        mask: Tensor | None = None,
+        lam: float = 0.05,
+        tv: float = 0.0,
+        tv_eps: float = 1e-2,
+        x_prior: Tensor | None = None,
     ) -> None:
         if y.dim() != 4 or y.shape[1] != 1:
             raise ValueError(f"y must have shape (B, 1, H, W), got {tuple(y.shape)}")
@@ -111,6 +125,11 @@ class LatentProblem:
         self.lam = float(lam)
         self.tv = float(tv)
         self.tv_eps = float(tv_eps)
+        b, _, h, w = y.shape
+        shape = (b, *model.latent_shape(h, w))
+        if x_prior is not None and tuple(x_prior.shape) != shape:
+            raise ValueError(f"x_prior must have the latent shape {shape}, got {tuple(x_prior.shape)}")
+        self.x_prior = y.new_zeros(shape) if x_prior is None else x_prior.detach().to(y.dtype)
 
     def f(self, z: Tensor, x: Tensor) -> Tensor:
         return self.model.layer(z, x)
@@ -119,14 +138,13 @@ class LatentProblem:
         r = self.model.head(z) - self.y
         if self.mask is not None:
             r = r * self.mask
-        out = 0.5 * r.pow(2).flatten(1).sum(1) + 0.5 * self.lam * x.pow(2).flatten(1).sum(1)
+        out = 0.5 * r.pow(2).flatten(1).sum(1) + 0.5 * self.lam * (x - self.x_prior).pow(2).flatten(1).sum(1)
         if self.tv > 0:
             out = out + self.tv * smooth_tv(self.model.head(z), self.tv_eps)
         return out
 
     def x0(self) -> Tensor:
-        b, _, h, w = self.y.shape
-        return self.y.new_zeros(b, *self.model.latent_shape(h, w))
+        return self.x_prior.clone()
 
     def z0(self, x: Tensor) -> Tensor:
         return self.model.initial_state(x)
@@ -170,10 +188,21 @@ def unshift_mean(batch: Tensor, shape: tuple[int, int]) -> np.ndarray:
 
 
 def make_problem(model: DEQDecoder, y: np.ndarray, mask: np.ndarray | None, cfg: TaskConfig) -> LatentProblem:
-    """The batched latent problem for ``y`` (with ``cfg.shifts`` shifted copies)."""
+    """The batched latent problem for ``y`` (with ``cfg.shifts`` shifted copies); with ``cfg.amortized`` the
+    prior is centred on the encoder's estimate ``E(y, mask, cfg.sigma)``."""
     yb = shifted_batch(y, cfg.shifts)
     mb = None if mask is None else shifted_batch(mask.astype(np.float64), cfg.shifts)
-    return LatentProblem(model, yb, mb, cfg.lam, cfg.tv)
+    x_prior = None
+    if cfg.amortized:
+        with torch.no_grad():
+            x_prior = model.encode(yb if mb is None else yb * mb, mb, cfg.sigma)
+    return LatentProblem(model, yb, mb, cfg.lam, cfg.tv, x_prior=x_prior)
+
+
+def restore_amortized(model: DEQDecoder, y: np.ndarray, mask: np.ndarray | None, cfg: TaskConfig) -> np.ndarray:
+    """The encoder's restoration ``h(z*(x_hat))`` alone (no optimisation): the starting point of both solvers."""
+    prob = make_problem(model, y, mask, replace(cfg, amortized=True))
+    return unshift_mean(prob.image(prob.x_prior), y.shape)
 
 
 def restore_augmented(
