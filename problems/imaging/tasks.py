@@ -53,9 +53,9 @@ __all__ = [
     "LAM_MIN",
 ]
 
-LAM_PER_VARIANCE = 3.0
+LAM_PER_VARIANCE = 100.0
 """Latent prior weight per unit noise variance: ``lam = LAM_PER_VARIANCE * sigma^2`` (MAP scaling)."""
-LAM_MIN = 0.02
+LAM_MIN = 0.3
 """Smallest prior weight (noiseless inpainting, latent fitting)."""
 
 
