@@ -24,6 +24,7 @@ from problems.imaging.tasks import (
     LatentProblem,
     TaskConfig,
     block_mask,
+    keep_known,
     lam_for_sigma,
     make_problem,
     restore_amortized,
@@ -148,8 +149,7 @@ def run_task(
     i_a = next((i for i, v in enumerate(va) if v <= target), None)
     t_n = statistics.median(r[0].snapshots[i_n].time for r in naive_runs)
     t_a = None if i_a is None else statistics.median(r[0].snapshots[i_a].time for r in aug_runs)
-    if mask is not None and task.sigma == 0:  # noiseless inpainting: keep the known pixels
-        out_n, out_a, out_e = np.where(mask, y, out_n), np.where(mask, y, out_a), np.where(mask, y, out_e)
+    out_n, out_a, out_e = (keep_known(o, y, mask, task.sigma) for o in (out_n, out_a, out_e))
     shown = y if mask is None else np.where(mask, y, y[mask].mean())  # input: holes filled with the mean
     return BenchRow(
         image=name,
@@ -240,7 +240,7 @@ def tune_task(
         y, mask = make_observation(img, task)
         for lam in lams:
             out, _ = restore_augmented(model, y, mask, replace(cfg, lam=lam))
-            by_lam[lam].append(psnr(out if mask is None else np.where(mask, y, out), img))
+            by_lam[lam].append(psnr(keep_known(out, y, mask, task.sigma), img))
         for w in tv_weights:
             out = tv_denoise(y, w) if mask is None else tv_inpaint(y, mask, w)
             by_tv[w].append(psnr(out, img))

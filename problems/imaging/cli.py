@@ -95,7 +95,7 @@ def inpaint(
         import numpy as np
 
         from problems.imaging.data import read_image, read_mask, write_image
-        from problems.imaging.tasks import TaskConfig, lam_for_sigma, restore_augmented
+        from problems.imaging.tasks import TaskConfig, keep_known, lam_for_sigma, restore_augmented
 
         if not 0 <= sigma <= 1:
             raise UserInputError(f"--sigma must lie in [0, 1], got {sigma}")
@@ -107,7 +107,7 @@ def inpaint(
         if max_iter > 0:
             cfg = replace(cfg, augmented=replace(cfg.augmented, max_iter=max_iter))
         img, res = restore_augmented(model, np.where(known, y, 0.0), known, cfg)
-        write_image(out, np.where(known, y, img) if sigma == 0 else img)
+        write_image(out, keep_known(img, y, known, sigma))
         typer.echo(f"wrote {out} ({res.info.summary()}, {res.wall_time:.1f}s)")
 
     _run(go)
@@ -163,8 +163,8 @@ def tune(
     weights: str = typer.Option("", help="decoder weights"),
     threads: int = typer.Option(1, help="torch threads"),
 ) -> None:
-    """Choose the latent prior weight and the TV baseline's weight per benchmark task on training images
-    (prints the mean PSNR of every value; the benchmark's settings are the best ones)."""
+    """Choose the latent prior weight, the TV baseline's weight and the naive baseline's Adam learning rate per
+    benchmark task on training images (prints the mean PSNR, or final objective, of every value tried)."""
 
     def go() -> None:
         import torch

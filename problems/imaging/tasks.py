@@ -42,6 +42,7 @@ __all__ = [
     "restore_augmented",
     "restore_naive",
     "restore_amortized",
+    "keep_known",
     "make_problem",
     "shifted_batch",
     "unshift_mean",
@@ -195,8 +196,13 @@ def make_problem(model: DEQDecoder, y: np.ndarray, mask: np.ndarray | None, cfg:
     x_prior = None
     if cfg.amortized:
         with torch.no_grad():
-            x_prior = model.encode(yb if mb is None else yb * mb, mb, cfg.sigma)
+            x_prior = model.encode(yb, mb, cfg.sigma)  # the encoder ignores missing pixels
     return LatentProblem(model, yb, mb, cfg.lam, cfg.tv, x_prior=x_prior)
+
+
+def keep_known(out: np.ndarray, y: np.ndarray, mask: np.ndarray | None, sigma: float) -> np.ndarray:
+    """Noiseless inpainting (``mask`` given, ``sigma == 0``): the known pixels of ``y`` replace the decoding."""
+    return np.where(mask, y, out) if mask is not None and sigma == 0 else out
 
 
 def restore_amortized(model: DEQDecoder, y: np.ndarray, mask: np.ndarray | None, cfg: TaskConfig) -> np.ndarray:

@@ -17,10 +17,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import typer
-
-import fpntools
 from torch import Tensor
 
+import fpntools
 from problems.imaging.data import TEST_IMAGES, TRAIN_IMAGES, PatchSampler, center_crop, load_image, psnr
 from problems.imaging.model import DEFAULT_WEIGHTS, DecoderConfig, DEQDecoder, save_decoder
 
