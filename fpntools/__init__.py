@@ -3,7 +3,7 @@
 ``z, info = fpntools.fixed_point(f, z0, solver="anderson", backward="implicit", tol=1e-4, max_iter=50)``
 """
 
-from fpntools.backward import JFB, BackwardMode, Implicit, Phantom, Unroll
+from fpntools.backward import JFB, BackwardMode, Implicit, ImplicitCG, Phantom, Unroll
 from fpntools.fixed_point import FixedPoint, fixed_point
 from fpntools.info import FixedPointError, FixedPointInfo, Status
 from fpntools.solvers import KM, Anderson, Broyden, FixedPointSolver, Picard
@@ -19,6 +19,7 @@ __all__ = [
     "FixedPointInfo",
     "FixedPointSolver",
     "Implicit",
+    "ImplicitCG",
     "JFB",
     "KM",
     "Phantom",

@@ -36,7 +36,7 @@ def fixed_point(
             structure, shapes and dtype. Parameters and tensors captured by ``f`` receive gradients.
         z0: initial state; floating point and finite.
         solver: ``"picard" | "km" | "anderson" | "broyden"`` or a solver object.
-        backward: ``"implicit" | "jfb" | "phantom" | "unroll"`` or a backward-mode object.
+        backward: ``"implicit" | "implicit_cg" | "jfb" | "phantom" | "unroll"`` or a backward-mode object.
         tol, max_iter, stop_mode: a sample stops when its ``stop_mode`` residual (``"rel"``:
             ``||f(z)-z|| / ||f(z)||``, ``"abs"``: ``||f(z)-z||``) is at most ``tol``; at most ``max_iter``
             evaluations of ``f``.

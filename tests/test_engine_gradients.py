@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fpntools
-from fpntools import Implicit, Phantom
+from fpntools import Implicit, ImplicitCG, Phantom
 from tests.maps import TanhLayer
 
 B, N, D = 4, 12, 5
@@ -149,7 +149,7 @@ def test_phantom_approaches_implicit_as_k_grows():
 
 def test_returned_value_is_the_fixed_point_for_every_mode():
     layer, x, _ = _setup()
-    for mode in ["implicit", "jfb", "phantom", "unroll"]:
+    for mode in ["implicit", "implicit_cg", "jfb", "phantom", "unroll"]:
         z, info = fpntools.fixed_point(lambda z: layer(z, x), layer.initial_state(x), backward=mode, tol=1e-10, max_iter=300)
         fz = layer(z, x).detach()
         res = (fz - z.detach()).norm(dim=1) / fz.norm(dim=1)
@@ -157,7 +157,7 @@ def test_returned_value_is_the_fixed_point_for_every_mode():
         assert z.requires_grad
 
 
-@pytest.mark.parametrize("mode", ["implicit", "jfb", "phantom", "unroll"])
+@pytest.mark.parametrize("mode", ["implicit", "implicit_cg", "jfb", "phantom", "unroll"])
 @pytest.mark.parametrize("container", [tuple, list])
 def test_structured_states_match_flat_states(mode, container):
     """A map on a (B,3,4) x (B,5) state equals the same map on the flat (B,17) state, for every mode."""
@@ -175,7 +175,8 @@ def test_structured_states_match_flat_states(mode, container):
         out = layer(flat, x)
         return container([out[:, :12].reshape(B, 3, 4), out[:, 12:]])
 
-    backward = Implicit(tol=1e-12, max_iter=300) if mode == "implicit" else mode
+    tight = {"implicit": Implicit(tol=1e-12, max_iter=300), "implicit_cg": ImplicitCG(tol=1e-12, max_iter=300)}
+    backward = tight.get(mode, mode)
     z, _ = fpntools.fixed_point(flat_f, torch.zeros(B, n, dtype=torch.float64), backward=backward, tol=1e-12, max_iter=300)
     _loss(z, w).backward()
     ref = [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()]

@@ -1,5 +1,6 @@
 """Pieces of the zoo benchmark: the Jacobian penalty on the DEQ-Transformer, step timing, tuning split."""
 
+import pytest
 import torch
 
 from fpntools.models import DEQLanguageModel, FPNClassifier, JacobianRegConfig, SolveConfig
@@ -17,9 +18,10 @@ def test_deq_transformer_trains_with_jacobian_penalty():
     assert model.layer.qkv.weight.grad is not None and torch.isfinite(model.layer.qkv.weight.grad).all()
 
 
-def test_time_forward_backward_leaves_model_unchanged():
+@pytest.mark.parametrize("backward", ["implicit", "implicit_cg"])
+def test_time_forward_backward_leaves_model_unchanged(backward):
     torch.manual_seed(0)
-    model = FPNClassifier(6, 3, width=8, cfg=SolveConfig(backward="implicit"))
+    model = FPNClassifier(6, 3, width=8, cfg=SolveConfig(backward=backward))
     before = [p.detach().clone() for p in model.parameters()]
     x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
     fwd, bwd = time_forward_backward(model, x, y, batch=8, n_steps=2)

@@ -1,4 +1,5 @@
-"""Backward modes: implicit differentiation, Jacobian-free, phantom and unrolled gradients."""
+"""Backward modes: implicit differentiation (adjoint by a fixed-point solver or by CG on the normal equations),
+Jacobian-free, phantom and unrolled gradients."""
 
 from __future__ import annotations
 
@@ -6,11 +7,28 @@ from typing import Any
 
 from fpntools.backward.base import BackwardMode, attach_surrogate
 from fpntools.backward.implicit import Implicit
+from fpntools.backward.implicit_cg import ImplicitCG
 from fpntools.backward.simple import JFB, Phantom, Unroll
 
-__all__ = ["BackwardMode", "Implicit", "JFB", "Phantom", "Unroll", "attach_surrogate", "make_backward", "BACKWARDS"]
+__all__ = [
+    "BackwardMode",
+    "Implicit",
+    "ImplicitCG",
+    "JFB",
+    "Phantom",
+    "Unroll",
+    "attach_surrogate",
+    "make_backward",
+    "BACKWARDS",
+]
 
-BACKWARDS: dict[str, type[BackwardMode]] = {"implicit": Implicit, "jfb": JFB, "phantom": Phantom, "unroll": Unroll}
+BACKWARDS: dict[str, type[BackwardMode]] = {
+    "implicit": Implicit,
+    "implicit_cg": ImplicitCG,
+    "jfb": JFB,
+    "phantom": Phantom,
+    "unroll": Unroll,
+}
 
 
 def make_backward(backward: str | BackwardMode, **options: Any) -> BackwardMode:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, ClassVar
@@ -14,7 +15,7 @@ from fpntools.info import FixedPointInfo, FixedPointError, Status
 from fpntools.solvers import FixedPointSolver, make_solver
 from fpntools.solvers.base import FlatMap
 
-__all__ = ["Implicit"]
+__all__ = ["AdjointBackward", "Implicit"]
 
 
 class _AdjointGate(torch.autograd.Function):
@@ -37,8 +38,27 @@ class _AdjointGate(torch.autograd.Function):
         return ctx.adjoint(v), None
 
 
+class AdjointBackward(BackwardMode):
+    """Base of the implicit modes: saves one application ``f(z*)`` and, in the backward pass, replaces the
+    incoming gradient ``v`` of ``z*`` by the adjoint solution ``u = (I - J)^{-T} v`` that
+    :meth:`_adjoint` computes from that saved graph (subclasses choose the linear solver)."""
+
+    def attach(self, g: FlatMap, z_star: Tensor, info: FixedPointInfo) -> Tensor:
+        z_in = z_star.detach().requires_grad_()
+        with torch.enable_grad():
+            fz = g(z_in)
+        if not fz.requires_grad:  # f depends on nothing that requires grad: no graph to attach
+            return z_star
+        return attach_surrogate(z_star, _AdjointGate.apply(fz, partial(self._adjoint, fz, z_in, info=info)))
+
+    @abstractmethod
+    def _adjoint(self, fz: Tensor, z_in: Tensor, v: Tensor, *, info: FixedPointInfo) -> Tensor:
+        """``u = (I - J)^{-T} v`` with ``J = df/dz`` at ``z_in`` (``fz = f(z_in)`` holds the graph); records the
+        solve in ``info.backward``."""
+
+
 @dataclass
-class Implicit(BackwardMode):
+class Implicit(AdjointBackward):
     """Implicit function theorem gradient.
 
     With ``z* = f(z*, theta)`` and ``J = df/dz (z*)``, ``dL/dtheta = u^T df/dtheta`` where ``u`` solves the
@@ -60,14 +80,6 @@ class Implicit(BackwardMode):
 
     def __post_init__(self) -> None:
         self._solver = make_solver(self.solver)
-
-    def attach(self, g: FlatMap, z_star: Tensor, info: FixedPointInfo) -> Tensor:
-        z_in = z_star.detach().requires_grad_()
-        with torch.enable_grad():
-            fz = g(z_in)
-        if not fz.requires_grad:  # f depends on nothing that requires grad: no graph to attach
-            return z_star
-        return attach_surrogate(z_star, _AdjointGate.apply(fz, partial(self._adjoint, fz, z_in, info=info)))
 
     def _adjoint(self, fz: Tensor, z_in: Tensor, v: Tensor, *, info: FixedPointInfo) -> Tensor:
         v = v.detach()

@@ -81,7 +81,9 @@ class JacobianRegConfig:
 class SolveConfig:
     """How an equilibrium layer is solved and differentiated (arguments of :class:`~fpntools.FixedPoint`).
 
-    ``backward`` is ``"implicit"`` (implicit function theorem, adjoint solved to ``backward_tol``), ``"jfb"``
+    ``backward`` is ``"implicit"`` (implicit function theorem, adjoint solved by Anderson to ``backward_tol``
+    in at most ``backward_max_iter`` iterations), ``"implicit_cg"`` (the same gradient, adjoint solved by
+    conjugate gradient on the normal equations with the same tolerance and budget), ``"jfb"``
     (Jacobian-free backpropagation), ``"phantom"`` or ``"unroll"``. ``eval_tol`` / ``eval_max_iter`` apply in
     eval mode. ``jacobian`` configures the optional Jacobian penalty.
     """
@@ -117,7 +119,7 @@ def _make_penalty(cfg: JacobianRegConfig) -> Any:
 
 def make_fixed_point(layer: nn.Module, cfg: SolveConfig) -> FixedPoint:
     """A :class:`~fpntools.FixedPoint` module around ``layer`` configured by ``cfg``."""
-    from fpntools.backward import Implicit, make_backward
+    from fpntools.backward import Implicit, ImplicitCG, make_backward
     from fpntools.solvers import Anderson, make_solver
 
     solver = Anderson(m=cfg.anderson_m) if cfg.solver == "anderson" else make_solver(cfg.solver)
@@ -125,6 +127,8 @@ def make_fixed_point(layer: nn.Module, cfg: SolveConfig) -> FixedPoint:
         backward: Any = Implicit(
             solver=Anderson(m=cfg.anderson_m), tol=cfg.backward_tol, max_iter=cfg.backward_max_iter
         )
+    elif cfg.backward == "implicit_cg":
+        backward = ImplicitCG(tol=cfg.backward_tol, max_iter=cfg.backward_max_iter)
     else:
         backward = make_backward(cfg.backward)
     return FixedPoint(

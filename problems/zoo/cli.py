@@ -94,7 +94,7 @@ def train(
     lr: float = typer.Option(1e-3, help="learning rate (Adam)"),
     width: int = typer.Option(64, help="state width (d_model for language models)"),
     seq_len: int = typer.Option(64, help="sequence length (language models)"),
-    backward: str = typer.Option("implicit", help="implicit | jfb | phantom | unroll"),
+    backward: str = typer.Option("implicit", help="implicit | implicit_cg | jfb | phantom | unroll"),
     jacobian_weight: float = typer.Option(0.0, help="Jacobian regularisation weight (0: off)"),
     jacobian_prob: float = typer.Option(1.0, help="probability of applying the Jacobian penalty per step"),
     checkpoint: Path = typer.Option(None, help="checkpoint file (resumed when it exists)"),
