@@ -10,7 +10,16 @@ import torch
 
 from fpntools.augmented import AugmentedConfig, Counter, NaiveConfig
 from fpntools.errors import UserInputError
-from problems.imaging.data import center_crop, load_image, psnr, read_image
+from problems.imaging.data import (
+    TEST_IMAGES,
+    TRAIN_IMAGES,
+    VALIDATION_IMAGES,
+    center_crop,
+    load_image,
+    psnr,
+    read_image,
+    validation_crops,
+)
 from problems.imaging.model import load_decoder
 from problems.imaging.tasks import (
     TaskConfig,
@@ -41,6 +50,27 @@ def test_masks_and_shift_averaging_roundtrip():
         b = shifted_batch(img, s)
         assert b.shape[0] == s and b.shape[-1] % 4 == 0
         np.testing.assert_allclose(unshift_mean(b.double(), img.shape), img, atol=1e-6)
+
+
+def test_validation_split_is_disjoint_and_crops_are_real():
+    """Tuning crops come from images used neither in training nor by the benchmark; the stereo picture gives
+    its left view; crops are distinct, in range, with texture."""
+    assert not set(VALIDATION_IMAGES) & (set(TRAIN_IMAGES) | set(TEST_IMAGES))
+    left = load_image("stereo_motorcycle")
+    assert left.ndim == 2 and left.dtype == np.float64
+    crops = validation_crops(48)
+    assert len(crops) == 7 and len({name for name, _ in crops}) == 7
+    for _, c in crops:
+        assert c.shape == (48, 48) and 0.0 <= c.min() and c.max() <= 1.0 and c.std() > 0.02
+    assert not np.allclose(crops[0][1], crops[1][1])
+    assert len(validation_crops(128)) == 6  # microaneurysms (102 px) is too small for 128
+
+
+def test_joint_step_follows_prior_weight():
+    from problems.imaging.tasks import DATA_CURVATURE, step_for_lam
+
+    assert step_for_lam(30.0) == pytest.approx(1 / (30 + DATA_CURVATURE))
+    assert step_for_lam(120.0) < step_for_lam(0.3)
 
 
 def test_training_corruptions():
@@ -116,7 +146,8 @@ def test_latent_fitting_augmented_and_naive(model):
     cfg = TaskConfig(
         lam=0.02,
         amortized=False,
-        augmented=AugmentedConfig(step_size=0.1, max_iter=60, tol=1e-6, solver_options={"m": 20}, backward="jfb"),
+        step_size=0.1,
+        augmented=AugmentedConfig(max_iter=60, tol=1e-6, solver_options={"m": 20}, backward="jfb"),
         naive=NaiveConfig(lr=0.05, steps=25),
     )
     prob = make_problem(model, img, None, cfg)

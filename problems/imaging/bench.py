@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from fpntools.augmented import Counter
-from problems.imaging.data import TEST_IMAGES, center_crop, load_image, psnr
+from problems.imaging.data import TEST_IMAGES, center_crop, load_image, psnr, validation_crops
 from problems.imaging.model import DEQDecoder
 from problems.imaging.tasks import (
     LatentProblem,
@@ -36,7 +36,6 @@ from problems.imaging.tasks import (
 
 __all__ = [
     "TASKS",
-    "TUNE_IMAGES",
     "Task",
     "BenchRow",
     "make_observation",
@@ -48,15 +47,11 @@ __all__ = [
     "format_table",
 ]
 
-TUNE_IMAGES: tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket")
-"""Training pictures whose central crops choose the prior weights ``lam`` and the TV weights."""
-
-
 @dataclass(frozen=True)
 class Task:
     """A corruption: ``kind`` ``"denoise"`` (Gaussian noise ``sigma``) or ``"inpaint"`` (blocks missing,
-    plus noise ``sigma``); ``lam`` latent prior weight; ``tv_weight`` of the TV baseline (both tuned on
-    training images, see ``docs/imaging.md``)."""
+    plus noise ``sigma``); ``lam`` latent prior weight; ``tv_weight`` of the TV baseline; ``naive_lr`` the
+    naive baseline's Adam learning rate (all three chosen on the validation crops, see ``docs/imaging.md``)."""
 
     name: str
     kind: str
@@ -64,12 +59,13 @@ class Task:
     lam: float
     tv_weight: float
     fraction: float = 0.0
+    naive_lr: float = 0.05
 
 
 TASKS: tuple[Task, ...] = (
     Task("denoise s=0.2", "denoise", 0.2, lam=lam_for_sigma(0.2), tv_weight=0.2),
-    Task("denoise s=0.4", "denoise", 0.4, lam=lam_for_sigma(0.4), tv_weight=0.4),
-    Task("inpaint 25% 8x8", "inpaint", 0.0, lam=lam_for_sigma(0.0), tv_weight=0.05, fraction=0.25),
+    Task("denoise s=0.4", "denoise", 0.4, lam=lam_for_sigma(0.4), tv_weight=0.8),
+    Task("inpaint 25% 8x8", "inpaint", 0.0, lam=lam_for_sigma(0.0), tv_weight=0.6, fraction=0.25, naive_lr=0.02),
 )
 
 
@@ -121,7 +117,7 @@ def run_task(
 ) -> BenchRow:
     """Run TV, naive and augmented on one image and task; see the module docstring."""
     y, mask = make_observation(img, task)
-    cfg = replace(cfg, lam=task.lam, sigma=task.sigma)
+    cfg = replace(cfg, lam=task.lam, sigma=task.sigma, naive=replace(cfg.naive, lr=task.naive_lr))
     tv = tv_denoise(y, task.tv_weight) if mask is None else tv_inpaint(y, mask, task.tv_weight)
     out_e = restore_amortized(model, y, mask, cfg)
     prob = make_problem(model, y, mask, cfg)
@@ -216,27 +212,27 @@ def format_table(rows: list[BenchRow]) -> str:
     return "\n".join([*HEADER, *(format_row(r) for r in rows)])
 
 
+Crops = list[tuple[str, np.ndarray]]
+"""Named image crops, e.g. :func:`problems.imaging.data.validation_crops`."""
+
+
 def tune_task(
     model: DEQDecoder,
     task: Task,
     lams: tuple[float, ...],
     tv_weights: tuple[float, ...],
-    images: tuple[str, ...] = TUNE_IMAGES,
+    crops: Crops | None = None,
     size: int = 96,
     cfg: TaskConfig | None = None,
 ) -> tuple[dict[float, float], dict[float, float]]:
-    """Mean PSNR over the central crops of training ``images`` of the augmented restoration for each prior
-    weight in ``lams`` and of the TV baseline for each weight in ``tv_weights`` (same observations)."""
-    from problems.imaging.data import TRAIN_IMAGES
-
-    leaked = [n for n in images if n not in TRAIN_IMAGES]
-    if leaked:
-        raise ValueError(f"tuning must use training images, got {leaked}")
+    """Mean PSNR over ``crops`` (default: the validation crops of side ``size``, images used neither in training
+    nor by the benchmark) of the augmented restoration for each prior weight in ``lams`` and of the TV baseline
+    for each weight in ``tv_weights`` (same observations)."""
+    crops = validation_crops(size) if crops is None else crops
     cfg = replace(cfg or TaskConfig(), sigma=task.sigma)
     by_lam: dict[float, list[float]] = {lam: [] for lam in lams}
     by_tv: dict[float, list[float]] = {w: [] for w in tv_weights}
-    for name in images:
-        img = center_crop(load_image(name), size)
+    for _, img in crops:
         y, mask = make_observation(img, task)
         for lam in lams:
             out, _ = restore_augmented(model, y, mask, replace(cfg, lam=lam))
@@ -251,18 +247,18 @@ def tune_naive_lr(
     model: DEQDecoder,
     task: Task,
     lrs: tuple[float, ...],
-    images: tuple[str, ...] = TUNE_IMAGES[:2],
+    crops: Crops | None = None,
     size: int = 96,
     cfg: TaskConfig | None = None,
     lam: float | None = None,
 ) -> dict[float, float]:
-    """Mean final objective of the naive nested baseline for each Adam learning rate in ``lrs`` on training
-    crops, with prior weight ``lam`` (default ``task.lam``); lower is better, and the benchmark gives the
-    baseline the best one."""
+    """Mean final objective of the naive nested baseline for each Adam learning rate in ``lrs`` on ``crops``
+    (default: the first two validation crops of side ``size``), with prior weight ``lam`` (default
+    ``task.lam``); lower is better, and the benchmark gives the baseline the best one."""
+    crops = validation_crops(size)[:2] if crops is None else crops
     cfg = replace(cfg or TaskConfig(), lam=task.lam if lam is None else lam, sigma=task.sigma)
     out: dict[float, list[float]] = {lr: [] for lr in lrs}
-    for name in images:
-        img = center_crop(load_image(name), size)
+    for _, img in crops:
         y, mask = make_observation(img, task)
         prob = make_problem(model, y, mask, cfg)
         for lr in lrs:

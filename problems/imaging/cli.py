@@ -156,20 +156,22 @@ def adversarial(
 
 @app.command()
 def tune(
-    size: int = typer.Option(96, help="side of the central crop of each training image"),
-    lams: str = typer.Option("0.003,0.01,0.03,0.1,0.3,1,3", help="comma-separated prior weights to try"),
+    size: int = typer.Option(96, help="side of the validation crops"),
+    lams: str = typer.Option("0.1,0.3,1,3,10,30", help="comma-separated prior weights to try"),
     tv_weights: str = typer.Option("0.02,0.05,0.1,0.15,0.2,0.3,0.4,0.6", help="comma-separated TV weights to try"),
     naive_lrs: str = typer.Option("0.005,0.01,0.02,0.05,0.1", help="Adam learning rates of the naive baseline to try"),
     weights: str = typer.Option("", help="decoder weights"),
     threads: int = typer.Option(1, help="torch threads"),
 ) -> None:
     """Choose the latent prior weight, the TV baseline's weight and the naive baseline's Adam learning rate per
-    benchmark task on training images (prints the mean PSNR, or final objective, of every value tried)."""
+    benchmark task on validation crops, images used neither in training nor by the benchmark (prints the mean
+    PSNR, or final objective, of every value tried)."""
 
     def go() -> None:
         import torch
 
-        from problems.imaging.bench import TASKS, TUNE_IMAGES, tune_naive_lr, tune_task
+        from problems.imaging.bench import TASKS, tune_naive_lr, tune_task
+        from problems.imaging.data import validation_crops
 
         torch.set_num_threads(threads)
         try:
@@ -179,13 +181,14 @@ def tune(
         except ValueError:
             raise UserInputError("--lams, --tv-weights and --naive-lrs must be comma-separated numbers") from None
         model = _load(weights)
-        typer.echo(f"training crops {size}x{size} of {', '.join(TUNE_IMAGES)}")
+        crops = validation_crops(size)
+        typer.echo(f"validation crops {size}x{size}: {', '.join(name for name, _ in crops)}")
         for task in TASKS:
-            by_lam, by_tv = tune_task(model, task, lam_grid, tv_grid, size=size)
+            by_lam, by_tv = tune_task(model, task, lam_grid, tv_grid, crops)
             best_lam, best_tv = max(by_lam, key=by_lam.get), max(by_tv, key=by_tv.get)
             typer.echo(f"{task.name}: lam " + ", ".join(f"{k:g}: {v:.2f}" for k, v in by_lam.items()) + f" -> {best_lam:g}")
             typer.echo(f"{task.name}: TV  " + ", ".join(f"{k:g}: {v:.2f}" for k, v in by_tv.items()) + f" -> {best_tv:g}")
-            by_lr = tune_naive_lr(model, task, lr_grid, size=size, lam=best_lam)
+            by_lr = tune_naive_lr(model, task, lr_grid, crops[:2], lam=best_lam)
             best_lr = min(by_lr, key=by_lr.get)
             typer.echo(
                 f"{task.name}: naive Adam lr (final objective) "
@@ -205,7 +208,7 @@ def bench(
     threads: int = typer.Option(1, help="torch threads"),
 ) -> None:
     """PSNR of augmented DEQ vs naive nested vs TV on held-out images, and the wall time / evaluations each
-    needs to reach the same objective value (the worse of the two best objectives, see docs/imaging.md)."""
+    needs to reach the same objective value (the naive method's final objective, see docs/imaging.md)."""
 
     def go() -> None:
         import torch

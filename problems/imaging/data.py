@@ -19,6 +19,8 @@ from fpntools.errors import UserInputError
 __all__ = [
     "TRAIN_IMAGES",
     "TEST_IMAGES",
+    "VALIDATION_IMAGES",
+    "validation_crops",
     "load_image",
     "center_crop",
     "PatchSampler",
@@ -32,6 +34,9 @@ TRAIN_IMAGES: tuple[str, ...] = ("moon", "text", "brick", "grass", "gravel", "pa
 """Images whose patches train the decoder (colour ones are converted to luminance)."""
 TEST_IMAGES: tuple[str, ...] = ("camera", "coins")
 """Held-out images (never seen in training) used by the benchmark."""
+VALIDATION_IMAGES: tuple[str, ...] = ("stereo_motorcycle", "microaneurysms")
+"""Images seen neither in training nor by the benchmark: they choose prior weights, TV weights and learning
+rates (:func:`validation_crops`). Tuning on training images would favour the encoder, which has seen them."""
 
 
 def load_image(name: str) -> np.ndarray:
@@ -44,6 +49,8 @@ def load_image(name: str) -> np.ndarray:
     if fn is None:
         raise UserInputError(f"unknown scikit-image picture {name!r}")
     img = fn()
+    if isinstance(img, tuple):  # stereo pair (left, right, disparity): the left view
+        img = img[0]
     if img.ndim == 3:
         if img.shape[2] == 4:
             img = rgba2rgb(img)
@@ -56,6 +63,22 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape
     i, j = (h - size) // 2, (w - size) // 2
     return img[i : i + size, j : j + size]
+
+
+def validation_crops(size: int = 96) -> list[tuple[str, np.ndarray]]:
+    """The tuning crops: six ``size x size`` tiles of the motorcycle photo (left view; a 2 x 3 grid around its
+    centre) and the centre of microaneurysms when it is large enough."""
+    out = []
+    moto = load_image("stereo_motorcycle")
+    h, w = moto.shape
+    for r in range(2):
+        for c in range(3):
+            i, j = h // 2 - size + r * size, w // 2 - (3 * size) // 2 + c * size
+            out.append((f"motorcycle[{r},{c}]", moto[i : i + size, j : j + size]))
+    micro = load_image("microaneurysms")
+    if min(micro.shape) >= size:
+        out.append(("microaneurysms", center_crop(micro, size)))
+    return out
 
 
 @dataclass
