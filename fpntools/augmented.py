@@ -158,6 +158,7 @@ class AugmentedMap:
     ``G(z, x~, mu~) = (f(z, x), P(x - alpha (d_x l + J_x^T mu)) / r, (J_z^T mu + d_z l) / s)``.
 
     ``r = input_scale``, ``s = adjoint_scale`` only weight the blocks for the solver (same fixed point).
+    ``alpha = 0`` freezes ``x``: the map is then the DEQ iteration and the adjoint iteration at that ``x``.
     Under ``torch.no_grad`` (the forward solve) the result is detached; with grad enabled (backward modes) it is
     built with ``create_graph``, so it is differentiable in the state and in whatever ``f`` / ``loss`` capture.
     ``evaluate(z, x, mu)`` works on unscaled blocks and also returns the input gradient and the loss.
@@ -173,8 +174,8 @@ class AugmentedMap:
         counter: Counter | None = None,
         input_scale: float = 1.0,
     ) -> None:
-        if not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size}")
+        if not step_size >= 0:
+            raise ValueError(f"step_size must be nonnegative (0 freezes x), got {step_size}")
         if not adjoint_scale > 0:
             raise ValueError(f"adjoint_scale must be positive, got {adjoint_scale}")
         self.f = f
@@ -233,6 +234,11 @@ class AugmentedConfig:
         solver: solver name or object (``fpntools.Anderson(m=8, beta=1.0)`` ...), applied to the stacked state.
         solver_options: options when ``solver`` is a name (``{"m": 8}``).
         tol, max_iter, stop_mode: stopping rule of the joint solve (``stop_mode`` as in the engine).
+        settle_iters, settle_tol: at most ``settle_iters`` iterations with ``x`` frozen (``alpha = 0``) before
+            any step on ``x``, stopping early at the relative residual ``settle_tol``: ``z`` and ``mu`` settle to the equilibrium and the adjoint of ``x0`` first. Without it the
+            first steps on ``x`` follow the gradient of a wrong adjoint (``mu0 = 0`` and ``z0`` far from
+            ``z*(x0)``), and the solver's extrapolation can throw ``x`` far from a good start (it matters
+            when ``x0`` is an informed guess, e.g. an amortised encoder's output).
         schedule: optional warm-up stages ``((step_size, iterations), ...)`` run before the main stage, each a
             fixed-point solve of ``G`` with that step size warm-started from the previous one (a step-size
             schedule that keeps every stage a proper fixed-point problem).
@@ -251,6 +257,8 @@ class AugmentedConfig:
     tol: float = 1e-5
     max_iter: int = 200
     stop_mode: str = "rel"
+    settle_iters: int = 0
+    settle_tol: float = 1e-3
     schedule: tuple[tuple[float, int], ...] = ()
     backward: str | BackwardMode = "implicit"
     divergence_factor: float | None = None
@@ -331,12 +339,18 @@ def augmented_solve(
     mu_s = torch.zeros_like(z0) if mu0 is None else mu0 / cfg.adjoint_scale
     state: tuple[Tensor, Tensor, Tensor] = (z0.detach(), x.detach() / cfg.input_scale, mu_s.detach())
     infos: list[FixedPointInfo] = []
-    stages = [(float(a), int(n)) for a, n in cfg.schedule] + [(cfg.step_size, cfg.max_iter)]
+    if cfg.settle_iters < 0:
+        raise ValueError(f"settle_iters must be nonnegative, got {cfg.settle_iters}")
+    if not cfg.step_size > 0 or any(not float(a) > 0 for a, _ in cfg.schedule):
+        raise ValueError(f"step sizes must be positive, got {cfg.step_size} and schedule {cfg.schedule}")
+    settle = [(0.0, cfg.settle_iters)] if cfg.settle_iters else []
+    stages = settle + [(float(a), int(n)) for a, n in cfg.schedule] + [(cfg.step_size, cfg.max_iter)]
     solver = make_solver(cfg.solver, **cfg.solver_options)
     for i, (alpha, iters) in enumerate(stages):
         last = i == len(stages) - 1
         gmap = AugmentedMap(f_counted, loss, alpha, projection, cfg.adjoint_scale, counter, cfg.input_scale)
-        kwargs = dict(tol=cfg.tol, max_iter=iters, stop_mode=cfg.stop_mode, divergence_factor=cfg.divergence_factor)
+        tol = cfg.settle_tol if (settle and i == 0) else cfg.tol
+        kwargs = dict(tol=tol, max_iter=iters, stop_mode=cfg.stop_mode, divergence_factor=cfg.divergence_factor)
         if last:
             out, info = fixed_point(gmap, state, solver, cfg.backward, **kwargs)
         else:

@@ -3,6 +3,8 @@ closed forms, projections, cost counting, and gradients through the joint fixed 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -16,6 +18,7 @@ from fpntools.augmented import (
     augmented_solve,
     input_gradient,
     naive_solve,
+    solve_equilibrium,
     true_objective,
 )
 
@@ -185,7 +188,11 @@ def test_bad_options_and_loss_shape():
     layer, C, y, loss = _setup()
     x0, z0 = torch.zeros(B, D, dtype=DT), torch.zeros(B, N, dtype=DT)
     with pytest.raises(ValueError, match="step_size"):
-        AugmentedMap(layer, loss, step_size=0.0)
+        AugmentedMap(layer, loss, step_size=-0.1)
+    with pytest.raises(ValueError, match="step sizes"):
+        augmented_solve(layer, loss, x0, z0, config=AugmentedConfig(step_size=0.0))
+    with pytest.raises(ValueError, match="settle_iters"):
+        augmented_solve(layer, loss, x0, z0, config=AugmentedConfig(settle_iters=-1))
     with pytest.raises(ValueError, match="per-sample"):
         augmented_solve(layer, lambda z, x: loss(z, x).sum(), x0, z0)
     with pytest.raises(ValueError, match="optimizer"):
@@ -209,3 +216,28 @@ def test_schedule_and_jacobian_penalty_hook():
     assert res.jacobian_loss is not None and calls == [0]
     res.jacobian_loss.backward()
     assert layer.W.grad is not None
+
+
+def test_settle_stage_starts_the_joint_solve_at_the_equilibrium_and_adjoint():
+    """``settle_iters``: with ``x`` frozen the first stage converges ``z`` and ``mu`` to the dense equilibrium
+    and adjoint of ``x0``; the following joint stage reaches the same optimum as without it."""
+    layer, C, y, loss = _setup()
+    g = torch.Generator().manual_seed(5)
+    x0, z0 = torch.randn(B, D, generator=g, dtype=DT), torch.zeros(B, N, dtype=DT)
+    settle = AugmentedConfig(step_size=0.05, max_iter=1, settle_iters=200, settle_tol=1e-13, solver_options={"m": 8})
+    with torch.no_grad():
+        res = augmented_solve(layer, loss, x0, z0, config=settle)
+    assert len(res.infos) == 2 and res.infos[0].ok and res.infos[1].nfe == 1
+    # a joint stage of one evaluation returns its starting point: the settled state at the unchanged x0
+    assert torch.allclose(res.x, x0, rtol=0, atol=1e-12)
+    for i in range(B):
+        zi = solve_equilibrium(layer, x0[i : i + 1], z0[i : i + 1], tol=1e-13, max_iter=300)[0]
+        assert torch.allclose(res.z[i], zi, atol=1e-10)
+        jac = torch.autograd.functional.jacobian(lambda v: layer(v[None], x0[i : i + 1])[0], zi)
+        mu = torch.linalg.solve((torch.eye(N, dtype=DT) - jac).T, C.T @ (C @ zi - y[i]))
+        assert torch.allclose(res.mu[i], mu, atol=1e-9)
+    zeros = torch.zeros_like(x0)
+    with torch.no_grad():
+        full = augmented_solve(layer, loss, zeros, z0, config=replace(TIGHT, settle_iters=200))
+        plain = augmented_solve(layer, loss, zeros, z0, config=TIGHT)
+    assert full.info.ok and plain.info.ok and torch.allclose(full.x, plain.x, atol=1e-8)

@@ -77,7 +77,7 @@ def step_for_lam(lam: float) -> float:
 
 
 AUGMENTED_DEFAULT = AugmentedConfig(
-    adjoint_scale=1.0, solver="anderson", solver_options={"m": 20, "beta": 1.0},
+    settle_iters=40, adjoint_scale=1.0, solver="anderson", solver_options={"m": 20, "beta": 1.0},
     tol=1e-6, max_iter=300, backward="jfb",
 )
 """Joint-solver settings used by the CLI and the benchmark."""
