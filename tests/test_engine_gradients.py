@@ -60,10 +60,11 @@ def test_implicit_matches_dense_reference():
     assert _rel(got, ref) < 1e-8
 
 
-def test_implicit_repeated_backward_and_graph_release():
+@pytest.mark.parametrize("mode", ["implicit", "implicit_cg"])
+def test_implicit_repeated_backward_and_graph_release(mode):
     """With ``retain_graph`` a second backward pass gets the same implicit gradient; once the caller drops
-    its graph, the tensors the adjoint needs (``f(z*)``) are freed without the cyclic collector (a training
-    loop that leaked them grew by megabytes per step)."""
+    its graph, the tensors the adjoint needs (``f(z*)``, and for CG the ``J^T c`` graph of its JVPs) are freed
+    without the cyclic collector (a training loop that leaked them grew by megabytes per step)."""
     import gc
     import weakref
 
@@ -78,7 +79,8 @@ def test_implicit_repeated_backward_and_graph_release():
 
     layer.zero_grad()
     x.grad = None
-    z, _ = fpntools.fixed_point(f, layer.initial_state(x), "anderson", Implicit(tol=1e-13, max_iter=400), **TIGHT)
+    backward = Implicit(tol=1e-13, max_iter=400) if mode == "implicit" else ImplicitCG(tol=1e-13, max_iter=100)
+    z, _ = fpntools.fixed_point(f, layer.initial_state(x), "anderson", backward, **TIGHT)
     loss = _loss(z, w)
     loss.backward(retain_graph=True)
     first = [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()]
