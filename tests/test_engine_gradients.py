@@ -105,9 +105,11 @@ def test_implicit_adjoint_solver_choices(solver):
     assert _rel(got, ref) < 1e-8
 
 
-def test_implicit_matches_finite_differences():
+@pytest.mark.parametrize("mode", ["implicit", "implicit_cg"])
+def test_implicit_matches_finite_differences(mode):
     layer, x, w = _setup()
-    got, _ = _grads(layer, x, w, Implicit(tol=1e-13, max_iter=400))
+    backward = Implicit(tol=1e-13, max_iter=400) if mode == "implicit" else ImplicitCG(tol=1e-13, max_iter=100)
+    got, _ = _grads(layer, x, w, backward)
     gx = got[-1]
     h = 1e-6
     for idx in [(0, 0), (1, 3), (3, 4)]:
