@@ -195,3 +195,18 @@ def test_bench_row_augmented_needs_fewer_evaluations(model):
     row = run_task(model, img, "camera", TASKS[0], TaskConfig(), repeats=1)
     assert row.aug_nfe is not None
     assert (row.naive_nfe + row.naive_nvjp) >= 3 * (row.aug_nfe + row.aug_nvjp)
+
+
+def test_decoder_training_with_jacobian_penalty_writes_loadable_weights(tmp_path: Path):
+    """A few batches of the decoder training with the Jacobian penalty: the penalty enters the loss, the
+    weights are written atomically with a summary and load back."""
+    from problems.imaging.model import DecoderConfig
+    from problems.imaging.train import TrainConfig, train_decoder
+
+    out = tmp_path / "w.safetensors"
+    cfg = TrainConfig(patch=16, batch=4, steps=3, minutes=5, jac_weight=0.1, fwd_max_iter=5, bwd_max_iter=5)
+    summary = train_decoder(cfg, DecoderConfig(channels=8, latent_channels=2, encoder_width=8), str(out), log=False)
+    assert summary["steps"] == 3 and summary["train"]["jac_weight"] == 0.1
+    assert all(np.isfinite(v) for v in summary["heldout_psnr"].values())
+    loaded = load_decoder(out)
+    assert sum(p.numel() for p in loaded.parameters()) > 0 and not list(tmp_path.glob("*.tmp*"))

@@ -157,9 +157,9 @@ def adversarial(
 @app.command()
 def tune(
     size: int = typer.Option(96, help="side of the validation crops"),
-    lams: str = typer.Option("0.1,0.3,1,3,10,30,100,300", help="comma-separated prior weights to try"),
+    lams: str = typer.Option("0.03,0.1,0.3,1,3,10,30,100,300", help="comma-separated prior weights to try"),
     tv_weights: str = typer.Option("0.02,0.05,0.1,0.15,0.2,0.3,0.4,0.6,0.8,1", help="comma-separated TV weights to try"),
-    naive_lrs: str = typer.Option("0.02,0.05,0.1", help="Adam learning rates of the naive baseline to try"),
+    naive_lrs: str = typer.Option("0.01,0.02,0.05,0.1", help="Adam learning rates of the naive baseline to try"),
     weights: str = typer.Option("", help="decoder weights"),
     threads: int = typer.Option(1, help="torch threads"),
 ) -> None:

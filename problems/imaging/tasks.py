@@ -54,10 +54,10 @@ __all__ = [
     "LAM_MIN",
 ]
 
-LAM_PER_VARIANCE = 750.0
+LAM_PER_VARIANCE = 250.0
 """Latent prior weight per unit noise variance: ``lam = LAM_PER_VARIANCE * sigma^2`` (MAP scaling; the best
-weight on the validation crops is 30 at sigma 0.2 and 120-1000 at sigma 0.4, see ``docs/imaging.md``)."""
-LAM_MIN = 0.3
+weight on the validation crops is 10 at sigma 0.2 and 100-300 at sigma 0.4, see ``docs/imaging.md``)."""
+LAM_MIN = 0.1
 """Smallest prior weight (noiseless inpainting, latent fitting; the best on the validation crops)."""
 
 
@@ -67,7 +67,7 @@ def lam_for_sigma(sigma: float) -> float:
 
 DATA_CURVATURE = 3.0
 """Rough curvature of the data term ``1/2 ||M(h(z*(x)) - y)||^2`` in the latent (found by trying joint step
-sizes on the benchmark tasks: about 1 / (lam + 3) was fastest for lam from 0.3 to 120)."""
+sizes 0.01 ... 1 on the benchmark tasks with prior weights 0.3 ... 120: about 1 / (lam + 3) was fastest)."""
 
 
 def step_for_lam(lam: float) -> float:

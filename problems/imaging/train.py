@@ -28,7 +28,9 @@ __all__ = ["TrainConfig", "Corruption", "corrupt", "heldout_psnr", "train_decode
 
 @dataclass
 class TrainConfig:
-    """Training options (wall-clock budget ``minutes``; ``steps`` caps the number of batches)."""
+    """Training options (wall-clock budget ``minutes``; ``steps`` caps the number of batches). ``jac_weight``
+    > 0 adds the Jacobian penalty ``jac_weight * ||J_f(z*)||_F^2 / N`` (Bai, Koltun, Kolter 2021; one Hutchinson
+    sample, applied with probability ``jac_prob`` per batch), which keeps the equilibrium easy to solve."""
 
     patch: int = 32
     batch: int = 32
@@ -44,6 +46,8 @@ class TrainConfig:
     threads: int = 1
     init: str | None = None
     save_every: float = 5.0
+    jac_weight: float = 0.0
+    jac_prob: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,9 +119,14 @@ def train_decoder(
         prior_steps = int(prev.get("total_steps", prev.get("steps", 0)))
         sampler = PatchSampler(sampler.images, cfg.patch, cfg.seed + prior_steps)
     rng = np.random.default_rng([cfg.seed, prior_steps])
+    penalty = None
+    if cfg.jac_weight > 0:
+        from fpntools.regularization import JacobianPenalty
+
+        penalty = JacobianPenalty(weight=cfg.jac_weight, p=cfg.jac_prob, generator=torch.Generator().manual_seed(cfg.seed))
     deq = fpntools.FixedPoint(
         model.layer, "anderson", fpntools.Implicit(tol=cfg.bwd_tol, max_iter=cfg.bwd_max_iter),
-        tol=cfg.fwd_tol, max_iter=cfg.fwd_max_iter, m=5,
+        tol=cfg.fwd_tol, max_iter=cfg.fwd_max_iter, m=5, jacobian_penalty=penalty,
     )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     t0 = time.perf_counter()
@@ -143,6 +152,8 @@ def train_decoder(
         rec = model.head(z)
         mse = ((rec - p) ** 2).mean()
         loss = mse + cfg.latent_weight * (x**2).mean()
+        if info.jacobian_loss is not None:
+            loss = loss + info.jacobian_loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -153,7 +164,8 @@ def train_decoder(
         if log and step % 100 == 0:
             print(
                 f"step {step} {time.perf_counter() - t0:.0f}s mse {ema:.5f} ({-10 * np.log10(ema):.2f} dB) "
-                f"fwd steps {int(info.steps.max())} |x| {float(x.detach().pow(2).mean()):.3f}",
+                f"fwd steps {int(info.steps.max())} |x| {float(x.detach().pow(2).mean()):.3f}"
+                + ("" if info.jacobian_loss is None else f" jac {float(info.jacobian_loss.detach()):.2e}"),
                 flush=True,
             )
         if time.perf_counter() - last_save > cfg.save_every * 60:
@@ -178,10 +190,13 @@ def main(
     lr: float = typer.Option(TrainConfig.lr, help="Adam learning rate (x0.1 for the last 15% of the run)"),
     seed: int = typer.Option(0),
     init: str = typer.Option("", help="resume from these weights"),
+    jac_weight: float = typer.Option(0.0, help="Jacobian penalty weight (0: off)"),
+    jac_prob: float = typer.Option(1.0, help="probability of applying the Jacobian penalty per batch"),
 ) -> None:
     """Train the DEQ patch decoder."""
     train_decoder(
-        TrainConfig(minutes=minutes, steps=steps, lr=lr, latent_weight=latent_weight, seed=seed, init=init or None),
+        TrainConfig(minutes=minutes, steps=steps, lr=lr, latent_weight=latent_weight, seed=seed, init=init or None,
+                    jac_weight=jac_weight, jac_prob=jac_prob),
         DecoderConfig(channels=channels, latent_channels=latent_channels, encoder_width=encoder_width),
         out,
     )
