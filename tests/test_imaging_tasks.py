@@ -210,3 +210,26 @@ def test_decoder_training_with_jacobian_penalty_writes_loadable_weights(tmp_path
     assert all(np.isfinite(v) for v in summary["heldout_psnr"].values())
     loaded = load_decoder(out)
     assert sum(p.numel() for p in loaded.parameters()) > 0 and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_tuning_on_validation_crops(model):
+    """``tune_task`` / ``tune_naive_lr`` score every value on the crops they are given (PSNR, final objective)."""
+    from dataclasses import replace
+
+    from problems.imaging.bench import TASKS, make_observation, tune_naive_lr, tune_task
+
+    crops = validation_crops(32)[:2]
+    fast = TaskConfig(augmented=AugmentedConfig(max_iter=10, solver_options={"m": 5}, backward="jfb"),
+                      naive=NaiveConfig(lr=0.05, steps=3))
+    by_lam, by_tv = tune_task(model, TASKS[0], (1.0, 10.0), (0.05, 0.2), crops, cfg=fast)
+    assert set(by_lam) == {1.0, 10.0} and set(by_tv) == {0.05, 0.2}
+    assert all(10 < v < 40 for v in (*by_lam.values(), *by_tv.values()))
+    by_lr = tune_naive_lr(model, TASKS[0], (0.0, 0.05), crops, cfg=fast)
+    # learning rate 0 leaves the latent at its start: the score is the mean starting objective
+    starts = []
+    for _, img in crops:
+        y, mask = make_observation(img, TASKS[0])
+        prob = make_problem(model, y, mask, replace(fast, lam=TASKS[0].lam, sigma=TASKS[0].sigma))
+        starts.append(float(prob.objective(prob.x0()).sum()))
+    assert by_lr[0.0] == pytest.approx(np.mean(starts), rel=1e-5)
+    assert np.isfinite(by_lr[0.05]) and by_lr[0.05] != by_lr[0.0]
