@@ -235,10 +235,11 @@ class AugmentedConfig:
         solver_options: options when ``solver`` is a name (``{"m": 8}``).
         tol, max_iter, stop_mode: stopping rule of the joint solve (``stop_mode`` as in the engine).
         settle_iters, settle_tol: at most ``settle_iters`` iterations with ``x`` frozen (``alpha = 0``) before
-            any step on ``x``, stopping early at the relative residual ``settle_tol``: ``z`` and ``mu`` settle to the equilibrium and the adjoint of ``x0`` first. Without it the
-            first steps on ``x`` follow the gradient of a wrong adjoint (``mu0 = 0`` and ``z0`` far from
-            ``z*(x0)``), and the solver's extrapolation can throw ``x`` far from a good start (it matters
-            when ``x0`` is an informed guess, e.g. an amortised encoder's output).
+            any step on ``x``, stopping early at the relative residual ``settle_tol``: ``z`` and ``mu`` settle
+            to the equilibrium and the adjoint of ``x0`` first. Without it the first steps on ``x`` follow the
+            gradient of a wrong adjoint (``mu0 = 0`` and ``z0`` far from ``z*(x0)``), and the solver's
+            extrapolation can throw ``x`` far from a good start (it matters when ``x0`` is an informed guess,
+            e.g. an amortised encoder's output).
         schedule: optional warm-up stages ``((step_size, iterations), ...)`` run before the main stage, each a
             fixed-point solve of ``G`` with that step size warm-started from the previous one (a step-size
             schedule that keeps every stage a proper fixed-point problem).
@@ -339,8 +340,10 @@ def augmented_solve(
     mu_s = torch.zeros_like(z0) if mu0 is None else mu0 / cfg.adjoint_scale
     state: tuple[Tensor, Tensor, Tensor] = (z0.detach(), x.detach() / cfg.input_scale, mu_s.detach())
     infos: list[FixedPointInfo] = []
-    if cfg.settle_iters < 0:
-        raise ValueError(f"settle_iters must be nonnegative, got {cfg.settle_iters}")
+    if cfg.settle_iters < 0 or not cfg.settle_tol > 0:
+        raise ValueError(
+            f"settle_iters must be nonnegative and settle_tol positive, got {cfg.settle_iters}, {cfg.settle_tol}"
+        )
     if not cfg.step_size > 0 or any(not float(a) > 0 for a, _ in cfg.schedule):
         raise ValueError(f"step sizes must be positive, got {cfg.step_size} and schedule {cfg.schedule}")
     settle = [(0.0, cfg.settle_iters)] if cfg.settle_iters else []

@@ -65,6 +65,7 @@ def lam_for_sigma(sigma: float) -> float:
     """Prior weight for noise level ``sigma`` (chosen on the validation crops)."""
     return max(LAM_PER_VARIANCE * sigma**2, LAM_MIN)
 
+
 DATA_CURVATURE = 3.0
 """Rough curvature of the data term ``1/2 ||M(h(z*(x)) - y)||^2`` in the latent (found by trying joint step
 sizes 0.01 ... 1 on the benchmark tasks with prior weights 0.3 ... 120: about 1 / (lam + 3) was fastest)."""
