@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -214,8 +215,6 @@ def test_decoder_training_with_jacobian_penalty_writes_loadable_weights(tmp_path
 
 def test_tuning_on_validation_crops(model):
     """``tune_task`` / ``tune_naive_lr`` score every value on the crops they are given (PSNR, final objective)."""
-    from dataclasses import replace
-
     from problems.imaging.bench import TASKS, make_observation, tune_naive_lr, tune_task
 
     crops = validation_crops(32)[:2]
@@ -233,3 +232,23 @@ def test_tuning_on_validation_crops(model):
         starts.append(float(prob.objective(prob.x0()).sum()))
     assert by_lr[0.0] == pytest.approx(np.mean(starts), rel=1e-5)
     assert np.isfinite(by_lr[0.05]) and by_lr[0.05] != by_lr[0.0]
+
+
+def test_anderson_memory_follows_the_task_unless_set(model, monkeypatch):
+    import problems.imaging.tasks as tasks
+
+    seen = []
+    real = tasks.augmented_solve
+
+    def spy(*args, **kwargs):
+        seen.append(args[5].solver_options.get("m"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "augmented_solve", spy)
+    img = center_crop(load_image("coins"), 16)
+    short = replace(tasks.AUGMENTED_DEFAULT, max_iter=2, settle_iters=1)
+    tasks.restore_augmented(model, img, None, TaskConfig(sigma=0.2, augmented=short))
+    tasks.restore_augmented(model, img, block_mask(img.shape, 8, 0.25), TaskConfig(augmented=short))
+    pinned = replace(short, solver_options={"m": 3})
+    tasks.restore_augmented(model, img, None, TaskConfig(sigma=0.2, augmented=pinned))
+    assert seen == [tasks.ANDERSON_MEMORY["denoise"], tasks.ANDERSON_MEMORY["inpaint"], 3]
