@@ -41,7 +41,8 @@ class _AdjointGate(torch.autograd.Function):
 class AdjointBackward(BackwardMode):
     """Base of the implicit modes: saves one application ``f(z*)`` and, in the backward pass, replaces the
     incoming gradient ``v`` of ``z*`` by the adjoint solution ``u = (I - J)^{-T} v`` that
-    :meth:`_adjoint` computes from that saved graph (subclasses choose the linear solver)."""
+    :meth:`_adjoint` computes from that saved graph (subclasses choose the linear solver and provide ``tol``,
+    ``stop_mode`` and ``raise_on_failure``, which :meth:`_record` reports)."""
 
     def attach(self, g: FlatMap, z_star: Tensor, info: FixedPointInfo) -> Tensor:
         z_in = z_star.detach().requires_grad_()
@@ -55,6 +56,35 @@ class AdjointBackward(BackwardMode):
     def _adjoint(self, fz: Tensor, z_in: Tensor, v: Tensor, *, info: FixedPointInfo) -> Tensor:
         """``u = (I - J)^{-T} v`` with ``J = df/dz`` at ``z_in`` (``fz = f(z_in)`` holds the graph); records the
         solve in ``info.backward``."""
+
+    def _record(
+        self,
+        info: FixedPointInfo,
+        *,
+        steps: Tensor,
+        abs_residual: Tensor,
+        rel_residual: Tensor,
+        sample_status: Tensor,
+        nfe: int,
+        solver: str,
+    ) -> None:
+        """Store the adjoint solve's :class:`FixedPointInfo` in ``info.backward`` (with the mode's ``tol`` and
+        ``stop_mode``) and raise :class:`FixedPointError` if ``raise_on_failure`` and it did not converge."""
+        status = Status(int(sample_status.max()))
+        info.backward = FixedPointInfo(
+            steps=steps,
+            abs_residual=abs_residual,
+            rel_residual=rel_residual,
+            converged=sample_status == int(Status.CONVERGED),
+            sample_status=sample_status,
+            status=status,
+            nfe=nfe,
+            solver=solver,
+            tol=self.tol,
+            stop_mode=self.stop_mode,
+        )
+        if self.raise_on_failure and status != Status.CONVERGED:
+            raise FixedPointError(info.backward)
 
 
 @dataclass
@@ -91,21 +121,10 @@ class Implicit(AdjointBackward):
         u0 = self._last if (self.warm_start and self._last is not None and self._last.shape == v.shape) else v
         with torch.no_grad():
             res = self._solver.solve(adjoint_map, u0, tol=self.tol, max_iter=self.max_iter, stop_mode=self.stop_mode)
-        status = Status(int(res.sample_status.max()))
-        info.backward = FixedPointInfo(
-            steps=res.steps,
-            abs_residual=res.abs_residual,
-            rel_residual=res.rel_residual,
-            converged=res.converged,
-            sample_status=res.sample_status,
-            status=status,
-            nfe=res.nfe,
-            solver=self._solver.name,
-            tol=self.tol,
-            stop_mode=self.stop_mode,
-        )
         if self.warm_start:
             self._last = res.z.detach()
-        if self.raise_on_failure and status != Status.CONVERGED:
-            raise FixedPointError(info.backward)
+        self._record(
+            info, steps=res.steps, abs_residual=res.abs_residual, rel_residual=res.rel_residual,
+            sample_status=res.sample_status, nfe=res.nfe, solver=self._solver.name,
+        )
         return res.z

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from fpntools.backward.implicit import AdjointBackward
-from fpntools.info import FixedPointError, FixedPointInfo, Status
+from fpntools.info import FixedPointInfo, Status
 
 __all__ = ["ImplicitCG"]
 
@@ -159,19 +159,8 @@ class ImplicitCG(AdjointBackward):
                     beta = torch.where(active & (gamma > 0), beta, torch.zeros_like(beta))
                     p = s + beta[:, None] * p
                     gamma = torch.where(active, gamma_new, gamma)
-        st = Status(int(status.max()))
-        info.backward = FixedPointInfo(
-            steps=steps,
-            abs_residual=abs_res,
-            rel_residual=rel_res,
-            converged=status == int(Status.CONVERGED),
-            sample_status=status,
-            status=st,
-            nfe=nfe,
+        self._record(
+            info, steps=steps, abs_residual=abs_res, rel_residual=rel_res, sample_status=status, nfe=nfe,
             solver="cgnr",
-            tol=self.tol,
-            stop_mode=self.stop_mode,
         )
-        if self.raise_on_failure and st != Status.CONVERGED:
-            raise FixedPointError(info.backward)
         return u

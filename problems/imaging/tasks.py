@@ -241,7 +241,7 @@ def restore_augmented(
     x0 = prob.x0()
     step = step_for_lam(cfg.lam) if cfg.step_size is None else cfg.step_size
     options = dict(cfg.augmented.solver_options)
-    if isinstance(cfg.augmented.solver, str) and cfg.augmented.solver == "anderson":
+    if cfg.augmented.solver == "anderson":
         options.setdefault("m", ANDERSON_MEMORY["denoise" if mask is None else "inpaint"])
     solver_cfg = replace(cfg.augmented, step_size=step, solver_options=options)
     with torch.no_grad():
