@@ -252,3 +252,17 @@ def test_anderson_memory_follows_the_task_unless_set(model, monkeypatch):
     pinned = replace(short, solver_options={"m": 3})
     tasks.restore_augmented(model, img, None, TaskConfig(sigma=0.2, augmented=pinned))
     assert seen == [tasks.ANDERSON_MEMORY["denoise"], tasks.ANDERSON_MEMORY["inpaint"], 3]
+
+
+def test_diagnostics_example_runs_a_section_and_rejects_unknown_ones():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "imaging_diagnostics.py"
+    ok = subprocess.run([sys.executable, str(script), "--sections", "encoder"], capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("encoder alone") == 3
+    bad = subprocess.run([sys.executable, str(script), "--sections", "nope"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "unknown section 'nope'" in bad.stderr

@@ -47,6 +47,7 @@ __all__ = [
     "format_table",
 ]
 
+
 @dataclass(frozen=True)
 class Task:
     """A corruption: ``kind`` ``"denoise"`` (Gaussian noise ``sigma``) or ``"inpaint"`` (blocks missing,

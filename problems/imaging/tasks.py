@@ -82,7 +82,7 @@ def step_for_lam(lam: float) -> float:
 ANDERSON_MEMORY = {"denoise": 5, "inpaint": 20}
 """Anderson memory of the joint solve when ``solver_options`` does not set ``m``: ``"inpaint"`` when a mask is
 given, else ``"denoise"``. Chosen on the validation crops: memory 5 reaches the naive target 1.3-2.3x sooner
-than 20 on denoising and diverges on inpainting (see ``docs/imaging.md``)."""
+than 20 on denoising and diverges on inpainting (``examples/imaging_diagnostics.py --sections memory``)."""
 
 AUGMENTED_DEFAULT = AugmentedConfig(
     settle_iters=40, adjoint_scale=1.0, solver="anderson", solver_options={"beta": 1.0},

@@ -1,0 +1,155 @@
+"""Diagnostics behind the figures of docs/imaging.md that the benchmark table does not print.
+
+Run: OMP_NUM_THREADS=1 python examples/imaging_diagnostics.py [--weights W.safetensors] [--sections a,b,...]
+
+Sections:
+* ``conditioning``: the decoder's equilibrium: ``||J_f(z*)||_F^2 / N`` (Hutchinson, 4 samples) and mean Anderson
+  steps to relative residual 1e-5 on 32 corrupted training patches; Picard and Anderson steps to 1e-6 at the
+  encoder's latent of the camera inpainting task.
+* ``encoder``: mean PSNR of the encoder's estimate alone on the validation crops, per benchmark task.
+* ``tv_oracle``: on the benchmark's test crops, TV with the weight that is best on each crop (0.05 ... 1 in steps
+  of 0.05) against the augmented restoration.
+* ``from_naive``: camera inpainting: the joint solve started at the naive method's solution, with and without
+  the settle stage, and at the encoder's latent (objective every 25 iterations), to tell a different local
+  minimum from slow convergence.
+* ``memory``: time to the naive method's final objective for Anderson memory 5 / 10 / 20 on the first three
+  validation crops (denoising), and the final objective of memory 5 / 20 on four crops (inpainting).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+import fpntools
+from fpntools.augmented import Counter, augmented_solve
+from fpntools.regularization import jacobian_frobenius
+from problems.imaging.bench import TASKS, make_observation, run_task
+from problems.imaging.data import TRAIN_IMAGES, PatchSampler, center_crop, load_image, psnr, validation_crops
+from problems.imaging.model import load_decoder
+from problems.imaging.tasks import (
+    AUGMENTED_DEFAULT,
+    TaskConfig,
+    keep_known,
+    make_problem,
+    restore_amortized,
+    restore_augmented,
+    restore_naive,
+    step_for_lam,
+    tv_denoise,
+    tv_inpaint,
+)
+from problems.imaging.train import Corruption, corrupt
+
+SECTIONS = ("conditioning", "encoder", "tv_oracle", "from_naive", "memory")
+
+
+def task_config(task) -> TaskConfig:
+    """The benchmark's settings for ``task`` (as in :func:`problems.imaging.bench.run_task`)."""
+    cfg = TaskConfig(lam=task.lam, sigma=task.sigma)
+    return replace(cfg, naive=replace(cfg.naive, lr=task.naive_lr))
+
+
+def conditioning(model) -> None:
+    patches = PatchSampler([load_image(n) for n in TRAIN_IMAGES], 32, 1).sample(32)
+    y, m, s = corrupt(patches, np.random.default_rng(0), Corruption())
+    with torch.no_grad():
+        x = model.encode(y, m, s)
+        z, info = fpntools.fixed_point(lambda z: model.layer(z, x), model.initial_state(x), "anderson", "jfb",
+                                       tol=1e-5, max_iter=300)
+    z = z.detach().requires_grad_()
+    jf = jacobian_frobenius(model.layer(z, x), z, n_samples=4, normalize=True, generator=torch.Generator().manual_seed(0))
+    print(f"training patches: ||J_f||_F^2 / N = {float(jf.detach()):.3f}, Anderson steps to 1e-5: mean "
+          f"{float(info.steps.float().mean()):.1f} ({int(info.converged.sum())}/32 converged)")
+    img = center_crop(load_image("camera"), 96)
+    y, mask = make_observation(img, TASKS[2])
+    prob = make_problem(model, y, mask, task_config(TASKS[2]))
+    x = prob.x0()
+    for solver in ("picard", "anderson"):
+        with torch.no_grad():
+            _, info = fpntools.fixed_point(lambda z: prob.f(z, x), prob.z0(x), solver, "jfb", tol=1e-6, max_iter=300)
+        print(f"camera inpainting latent, {solver}: {info.summary()}")
+
+
+def encoder(model) -> None:
+    crops = validation_crops(96)
+    for task in TASKS:
+        vals = []
+        for _, img in crops:
+            y, mask = make_observation(img, task)
+            vals.append(psnr(keep_known(restore_amortized(model, y, mask, task_config(task)), y, mask, task.sigma), img))
+        print(f"{task.name}: encoder alone {np.mean(vals):.2f} dB (mean of {len(crops)} validation crops)")
+
+
+def tv_oracle(model) -> None:
+    weights = np.round(np.arange(0.05, 1.0001, 0.05), 2)
+    for name in ("camera", "coins"):
+        img = center_crop(load_image(name), 96)
+        for task in TASKS:
+            y, mask = make_observation(img, task)
+            out, _ = restore_augmented(model, y, mask, task_config(task))
+            tv = {w: psnr(tv_denoise(y, w) if mask is None else tv_inpaint(y, mask, w), img) for w in weights}
+            best = max(tv, key=tv.get)
+            print(f"{name} {task.name}: augmented {psnr(keep_known(out, y, mask, task.sigma), img):.3f} dB, "
+                  f"TV oracle {tv[best]:.3f} dB (weight {best:g})")
+
+
+def from_naive(model) -> None:
+    task = TASKS[2]
+    img = center_crop(load_image("camera"), 96)
+    y, mask = make_observation(img, task)
+    cfg = task_config(task)
+    prob = make_problem(model, y, mask, cfg)
+    _, naive = restore_naive(model, y, mask, cfg)
+    print(f"camera inpainting: naive final objective {float(prob.objective(naive.x).sum()):.4f}")
+    runs = (("naive solution", naive.x.detach(), AUGMENTED_DEFAULT.settle_iters),
+            ("naive solution without the settle stage", naive.x.detach(), 0),
+            ("encoder latent", prob.x0(), AUGMENTED_DEFAULT.settle_iters))
+    for name, x0, settle in runs:
+        counter = Counter(record_every=25)
+        counter.start()
+        solver_cfg = replace(AUGMENTED_DEFAULT, step_size=step_for_lam(prob.lam), settle_iters=settle,
+                             solver_options={"m": 20, "beta": 1.0})
+        with torch.no_grad():
+            augmented_solve(prob.f, prob.loss, x0, prob.z0(x0), None, solver_cfg, counter=counter)
+        curve = [round(float(prob.objective(s.x).sum()), 4) for s in counter.snapshots]
+        print(f"  joint solve from the {name}: objective every 25 iterations {curve}")
+
+
+def memory(model) -> None:
+    crops = validation_crops(96)
+    for task, names, ms in ((TASKS[0], crops[:3], (5, 10, 20)), (TASKS[1], crops[:3], (5, 10, 20)),
+                            (TASKS[2], crops[:2] + crops[5:7], (5, 20))):
+        for name, img in names:
+            for m in ms:
+                base = TaskConfig()
+                cfg = replace(base, augmented=replace(base.augmented, solver_options={"m": m, "beta": 1.0}))
+                r = run_task(model, img, name, task, cfg, repeats=1)
+                aug = "not reached" if r.aug_time is None else f"{r.aug_time:.2f} s"
+                print(f"{task.name} {name} memory {m}: naive {r.naive_time:.2f} s, augmented {aug}, final objective "
+                      f"{r.aug_final:.4f} (target {r.target:.4f})", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default=None, help="decoder weights (default: the shipped ones)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
+    args = ap.parse_args()
+    sections = args.sections.split(",")
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    torch.set_num_threads(1)
+    model = load_decoder(args.weights)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for section in sections:
+        print(f"== {section}", flush=True)
+        globals()[section](model)
+
+
+if __name__ == "__main__":
+    main()
