@@ -66,7 +66,7 @@ class Task:
 TASKS: tuple[Task, ...] = (
     Task("denoise s=0.2", "denoise", 0.2, lam=lam_for_sigma(0.2), tv_weight=0.2, naive_lr=0.01),
     Task("denoise s=0.4", "denoise", 0.4, lam=lam_for_sigma(0.4), tv_weight=0.8, naive_lr=0.02),
-    Task("inpaint 25% 8x8", "inpaint", 0.0, lam=lam_for_sigma(0.0), tv_weight=0.6, fraction=0.25, naive_lr=0.02),
+    Task("inpaint 25% 8x8", "inpaint", 0.0, lam=lam_for_sigma(0.0), tv_weight=0.8, fraction=0.25, naive_lr=0.02),
 )
 
 
