@@ -68,10 +68,10 @@ class _SpectralBound(nn.Module):
         self.n_power_iterations = int(n_power_iterations)
 
     # operator A_W and its adjoint, on this parametrization's vector shapes
-    def _apply(self, W: Tensor, v: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def _operator(self, W: Tensor, v: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _adjoint(self, W: Tensor, u: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def _operator_adjoint(self, W: Tensor, u: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @torch.no_grad()
@@ -79,14 +79,14 @@ class _SpectralBound(nn.Module):
         """Refine the singular-vector buffers ``u, v`` by ``n`` steps (in place, no autograd)."""
         Wd = W.detach()
         for _ in range(n):
-            self._v.copy_(_unit(self._adjoint(Wd, self._u)))
-            self._u.copy_(_unit(self._apply(Wd, self._v)))
+            self._v.copy_(_unit(self._operator_adjoint(Wd, self._u)))
+            self._u.copy_(_unit(self._operator(Wd, self._v)))
 
     def sigma(self, W: Tensor) -> Tensor:
         """Current estimate of ``||A_W||_2`` (differentiable in ``W``)."""
         u = self._u.clone(memory_format=torch.contiguous_format)
         v = self._v.clone(memory_format=torch.contiguous_format)
-        return (u * self._apply(W, v)).sum()
+        return (u * self._operator(W, v)).sum()
 
     def forward(self, W: Tensor) -> Tensor:
         if self.training and self.n_power_iterations > 0:
@@ -105,10 +105,10 @@ class _MatrixBound(_SpectralBound):
         self.register_buffer("_v", _unit(torch.randn(in_dim, generator=g, dtype=W.dtype).to(W.device)))
         self.power_iteration(W, init_iterations)
 
-    def _apply(self, W: Tensor, v: Tensor) -> Tensor:
+    def _operator(self, W: Tensor, v: Tensor) -> Tensor:
         return W.reshape(W.shape[0], -1) @ v
 
-    def _adjoint(self, W: Tensor, u: Tensor) -> Tensor:
+    def _operator_adjoint(self, W: Tensor, u: Tensor) -> Tensor:
         return W.reshape(W.shape[0], -1).T @ u
 
 
@@ -136,20 +136,20 @@ class _ConvBound(_SpectralBound):
         v0 = torch.randn((1, *input_shape), generator=g, dtype=W.dtype).to(W.device)
         self.register_buffer("_v", _unit(v0))
         with torch.no_grad():
-            u0 = self._apply(W.detach(), v0)
+            u0 = self._operator(W.detach(), v0)
         self.register_buffer("_u", _unit(torch.randn(u0.shape, generator=g, dtype=W.dtype).to(W.device)))
         self.power_iteration(W, init_iterations)
 
-    def _apply(self, W: Tensor, v: Tensor) -> Tensor:
+    def _operator(self, W: Tensor, v: Tensor) -> Tensor:
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.nd - 1]
         if self.pre_pad:
             v = F.pad(v, self.pre_pad, mode=self.padding_mode)
         return conv(v, W, None, self.stride, self.padding, self.dilation, self.groups)
 
-    def _adjoint(self, W: Tensor, u: Tensor) -> Tensor:
+    def _operator_adjoint(self, W: Tensor, u: Tensor) -> Tensor:
         with torch.enable_grad():
             x = torch.zeros_like(self._v, requires_grad=True)
-            (g,) = torch.autograd.grad(self._apply(W.detach(), x), x, u)
+            (g,) = torch.autograd.grad(self._operator(W.detach(), x), x, u)
         return g
 
 

@@ -121,6 +121,16 @@ def test_spectral_norm_conv_fft_is_differentiable_and_validates() -> None:
         spectral_normalize(nn.Linear(2, 2), method="fft")
 
 
+@pytest.mark.parametrize("method", ["power", "fft"])
+def test_spectral_normalized_modules_move_between_dtypes(method: str) -> None:
+    """``Module.to`` reaches the parametrization's buffers (it once shadowed ``nn.Module._apply``)."""
+    conv = spectral_normalize(nn.Conv2d(2, 2, 3, padding=1), input_shape=(2, 5, 5), method=method).to(D)
+    lin = spectral_normalize(nn.Linear(3, 2)).to(D)
+    assert conv.weight.dtype == D and lin.weight.dtype == D
+    assert all(b.dtype == D for b in conv.buffers()) and all(b.dtype == D for b in lin.buffers())
+    conv(torch.randn(1, 2, 5, 5, dtype=D)).sum().backward()
+
+
 def test_spectral_normalize_conv_needs_input_shape_and_checks_it() -> None:
     with pytest.raises(ValueError, match="input_shape"):
         spectral_normalize(nn.Conv2d(3, 4, 3))

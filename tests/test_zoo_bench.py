@@ -36,3 +36,16 @@ def test_tune_split_is_a_seeded_partition():
     assert len(va) == 10 and len(tr) == 40
     assert sorted(tr.indices + va.indices) == list(range(50))
     assert tune_split(ds, 0.2)[1].indices == va.indices
+
+
+def test_jfb_vs_implicit_conv_rows():
+    """A 1-epoch convolutional run of the ``jfb`` bench section: one row per backward, ratios on implicit rows."""
+    from problems.zoo.tasks import jfb_vs_implicit
+
+    rows = jfb_vs_implicit(epochs=1, width=4, tols=(1e-3,), arch="conv")
+    assert [r.name for r in rows] == ["conv FPN jfb", "conv FPN implicit", "conv FPN implicit_cg"]
+    assert rows[0].values["adjoint steps"] == 0 and "step ratio" not in rows[0].values
+    for r in rows[1:]:
+        assert r.values["adjoint steps"] > 0 and r.values["bwd ratio"] > 1
+    with pytest.raises(ValueError, match="arch"):
+        jfb_vs_implicit(epochs=1, arch="resnet")

@@ -8,6 +8,7 @@ import torch
 from fpntools.errors import UserInputError
 from fpntools.info import Status
 from fpntools.models import (
+    ConvFPNClassifier,
     DEQLanguageModel,
     DEQMLP,
     FPNClassifier,
@@ -27,6 +28,7 @@ def _models(cfg: SolveConfig = TIGHT):
     return {
         "deq_mlp": (lambda: DEQMLP(5, 3, width=8, groups=1, cfg=TIGHT, init_scale=0.3), lambda: torch.randn(3, 5)),
         "fpn_implicit": (lambda: FPNClassifier(5, 3, width=8, cfg=TIGHT), lambda: torch.randn(3, 5)),
+        "conv_fpn_implicit": (lambda: ConvFPNClassifier(1, (4, 4), 3, channels=4, cfg=TIGHT), lambda: torch.randn(2, 1, 4, 4)),
         "mdeq": (lambda: MDEQClassifier(1, 3, channels=(4, 8), groups=1, cfg=TIGHT, init_scale=0.1), lambda: torch.randn(2, 1, 4, 4)),
         "mdeq_seg": (lambda: MDEQSegmenter(1, 3, channels=(4, 8), groups=1, cfg=TIGHT, init_scale=0.1), lambda: torch.randn(2, 1, 4, 4)),
         "deq_transformer": (lambda: DEQLanguageModel(7, 8, "transformer", max_len=8, cfg=TIGHT, n_heads=2),
@@ -88,6 +90,30 @@ def test_jfb_gradient_is_a_descent_direction():
     assert not torch.allclose(grads["implicit"], grads["jfb"])
 
 
+def test_conv_fpn_latent_map_is_a_gamma_contraction():
+    """The FFT-normalised kernel makes ``u -> relu(K * u + q)`` a gamma-contraction: the circular convolution's
+    operator norm, measured independently by power iteration on ``conv2d`` and its autograd adjoint, is
+    ``gamma`` (the bound is active at this init), and random pairs of states contract by at least ``gamma``."""
+    torch.manual_seed(0)
+    model = ConvFPNClassifier(1, (6, 6), 3, channels=5, gamma=0.8).double()
+    kernel = model.latent.weight.detach()
+
+    def conv(u: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(u, (1, 1, 1, 1), mode="circular"), kernel)
+
+    v = torch.randn(1, 5, 6, 6, dtype=torch.float64)
+    for _ in range(300):
+        u = v.clone().requires_grad_()
+        (g,) = torch.autograd.grad(conv(u), u, conv(v))  # K^T K v
+        v = g / g.norm()
+    assert abs(float(conv(v).norm()) - 0.8) < 1e-6
+    q = torch.randn(4, 5, 6, 6, dtype=torch.float64)
+    a, b = torch.randn_like(q), torch.randn_like(q)
+    ta, tb = model.layer(a, q, kernel), model.layer(b, q, kernel)
+    ratios = (ta - tb).flatten(1).norm(dim=1) / (a - b).flatten(1).norm(dim=1)
+    assert float(ratios.max()) <= 0.8 + 1e-12
+
+
 @pytest.mark.parametrize("name", list(_models()))
 def test_output_shapes_and_backward(name):
     make_model, make_input = _models(SolveConfig(max_iter=6, backward_max_iter=6))[name]
@@ -141,6 +167,17 @@ def test_bad_inputs_have_clear_errors():
         DEQLanguageModel(7, 8, "lstm")
     with pytest.raises(ValueError, match="gamma"):
         FPNClassifier(5, 3, gamma=1.0)
+    with pytest.raises(UserInputError, match="NaN"):
+        FPNClassifier(5, 3, width=8)(torch.tensor([[0.0, 1.0, float("nan"), 0.0, 0.0]]))
+    conv = ConvFPNClassifier(1, (4, 4), 3, channels=4)
+    with pytest.raises(UserInputError, match=r"size 6 in dimension 2, expected 4.*images \(batch, 1, 4, 4\)"):
+        conv(torch.randn(2, 1, 6, 4))
+    with pytest.raises(UserInputError, match="4 dimensions"):
+        conv(torch.randn(2, 16))
+    with pytest.raises(ValueError, match="image_size must be even"):
+        ConvFPNClassifier(1, (5, 4), 3)
+    with pytest.raises(ValueError, match="gamma"):
+        ConvFPNClassifier(1, (4, 4), 3, gamma=1.5)
 
 
 def test_explicit_language_model_has_the_same_parameters():

@@ -4,7 +4,8 @@ Sections (``--sections``, comma separated):
 
 * ``memory``: saved-for-backward activation bytes (CPU; peak CUDA memory on GPU) of one training step of a
   DEQ layer vs the same weight-tied layer unrolled to the same number of iterations.
-* ``jfb``: FPN classifier on digits, JFB vs implicit backward at forward tolerances 1e-4 and 1e-3, the
+* ``jfb``: FPN classifiers on digits (MLP and convolutional), JFB vs implicit backward at forward
+  tolerances 1e-4 and 1e-3, the
   adjoint solved by Anderson (``"implicit"``) and by CG on the normal equations (``"implicit_cg"``, the JFB
   paper's Jacobian-based baseline): accuracy, time per epoch and per step, forward and backward pass of a
   step timed separately, implicit / JFB ratios.
@@ -88,8 +89,13 @@ def run(sections: Sequence[str] = SECTIONS, quick: bool = False, device: str = "
             rows = trows
         elif s == "jfb":
             rows = tasks.jfb_vs_implicit(epochs=ep, seed=seed)
-            con.print(_table(f"FPN on digits, {ep} epochs: JFB vs implicit backward, adjoint by Anderson (implicit) "
-                             "or by CG on the normal equations (implicit_cg) (ms: median fwd / bwd of a step)", rows))
+            con.print(_table(f"FPN (MLP) on digits, {ep} epochs: JFB vs implicit backward, adjoint by Anderson "
+                             "(implicit) or by CG on the normal equations (implicit_cg) (ms: median fwd / bwd of a "
+                             "step)", rows))
+            crows = tasks.jfb_vs_implicit(epochs=ep, seed=seed, arch="conv", width=4 if quick else None,
+                                          tols=(1e-3,) if quick else (1e-4, 1e-3))
+            con.print(_table(f"Convolutional FPN on digits, {ep} epochs: JFB vs implicit backward (as above)", crows))
+            rows = rows + crows
         elif s == "jacobian":
             rows = tasks.jacobian_regularization(epochs=ep, seed=seed)
             con.print(_table(f"Jacobian regularisation, DEQ-MLP on digits, {ep} epochs", rows, "run"))

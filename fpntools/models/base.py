@@ -193,4 +193,6 @@ def check_tensor(
             )
     if x.shape[0] == 0:
         raise UserInputError(f"{name} has an empty batch{hint}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise UserInputError(f"{name} contains NaN or infinite values{hint}")
     return x

@@ -16,6 +16,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from fpntools.data import TokenWindows, load_digits, load_python_docs_corpus
 from fpntools.models import (
+    ConvFPNClassifier,
     DEQLanguageModel,
     DEQMLP,
     FPNClassifier,
@@ -101,25 +102,42 @@ def time_forward_backward(model: nn.Module, x: Tensor, y: Tensor, batch: int = 6
     return statistics.median(fwd), statistics.median(bwd)
 
 
-def jfb_vs_implicit(epochs: int = 10, width: int = 64, seed: int = 0, tols=(1e-4, 1e-3)) -> list[Row]:
+def _fpn(arch: str, width: int, cfg: SolveConfig) -> nn.Module:
+    if arch == "mlp":
+        return FPNClassifier(64, 10, width=width, cfg=cfg)
+    if arch == "conv":
+        return ConvFPNClassifier(1, (8, 8), 10, channels=width, cfg=cfg)
+    raise ValueError(f"arch must be 'mlp' or 'conv', got {arch!r}")
+
+
+def jfb_vs_implicit(epochs: int = 10, width: int | None = None, seed: int = 0, tols=(1e-4, 1e-3),
+                    arch: str = "mlp") -> list[Row]:
     """FPN classifier on digits trained with JFB and with implicit differentiation (same init, data order and
-    forward solver) at each forward tolerance in ``tols``. Two implicit backwards are compared with JFB, both
-    with the adjoint solved to the same tolerance in at most 50 iterations: ``"implicit"`` (the adjoint fixed
-    point ``u = J^T u + v`` by Anderson, one vector-Jacobian product per iteration) and ``"implicit_cg"``
-    (the JFB paper's Jacobian-based baseline: ``(I - J)^T u = v`` by conjugate gradient on the normal
-    equations, one vector-Jacobian and one Jacobian-vector product per iteration). Besides the per-step time
-    of training, the forward pass and the backward pass of a training step are timed separately after training
-    (median over 40 batches), and the ratios implicit / JFB of the whole step and of the backward pass alone
-    are given on each implicit row. "adjoint steps" are the adjoint iterations per sample, "adjoint products"
-    the Jacobian products (VJPs, plus JVPs for CG) of the batch, both of one training step after training."""
-    split = load_digits()
+    forward solver) at each forward tolerance in ``tols``. ``arch="mlp"``: :class:`FPNClassifier` on the 64
+    flattened pixels (``width`` latent units, default 64); ``arch="conv"``: :class:`ConvFPNClassifier` on the
+    8x8 images (``width`` channels, default 32), the convolutional kind the JFB paper trains, where a layer
+    evaluation costs more than the solver's per-iteration bookkeeping.
+
+    Two implicit backwards are compared with JFB, both with the adjoint solved to the same tolerance in at
+    most 50 iterations: ``"implicit"`` (the adjoint fixed point ``u = J^T u + v`` by Anderson, one
+    vector-Jacobian product per iteration) and ``"implicit_cg"`` (the JFB paper's Jacobian-based baseline:
+    ``(I - J)^T u = v`` by conjugate gradient on the normal equations, one vector-Jacobian and one
+    Jacobian-vector product per iteration). Besides the per-step time of training, the forward pass and the
+    backward pass of a training step are timed separately after training (median over 40 batches), and the
+    ratios implicit / JFB of the whole step and of the backward pass alone are given on each implicit row.
+    "adjoint steps" are the adjoint iterations per sample, "adjoint products" the Jacobian products (VJPs,
+    plus JVPs for CG) of the batch, both of one training step after training."""
+    if arch not in ("mlp", "conv"):
+        raise ValueError(f"arch must be 'mlp' or 'conv', got {arch!r}")
+    width = width if width is not None else (64 if arch == "mlp" else 32)
+    split = load_digits(flat=arch == "mlp")
     rows = []
     for tol in tols:
         ref: dict = {}
         for mode in ("jfb", "implicit", "implicit_cg"):
             torch.manual_seed(seed)
             cfg = SolveConfig(backward=mode, tol=tol, max_iter=50, backward_tol=tol, backward_max_iter=50)
-            model = FPNClassifier(64, 10, width=width, cfg=cfg)
+            model = _fpn(arch, width, cfg)
             final, _ = _train(model, split.train, split.test, epochs, seed=seed)
             fwd_ms, bwd_ms = time_forward_backward(model, split.x_train, split.y_train, seed=seed)
             # adjoint iterations of one training step after training (0 for JFB: one layer backward)
@@ -139,7 +157,7 @@ def jfb_vs_implicit(epochs: int = 10, width: int = 64, seed: int = 0, tols=(1e-4
                 vals["step ratio"] = (fwd_ms + bwd_ms) / (ref["fwd ms"] + ref["bwd ms"])
                 vals["train step ratio"] = final["step_ms"] / ref["ms / step"]
                 vals["bwd ratio"] = bwd_ms / ref["bwd ms"]
-            rows.append(Row(f"FPN {mode}", vals))
+            rows.append(Row(f"{'FPN' if arch == 'mlp' else 'conv FPN'} {mode}", vals))
     return rows
 
 
