@@ -12,6 +12,9 @@ Sections:
 * ``from_naive``: camera inpainting: the joint solve started at the naive method's solution, with and without
   the settle stage, and at the encoder's latent (objective every 25 iterations), to tell a different local
   minimum from slow convergence.
+* ``stagnation``: camera and coins inpainting: where the joint solve stops (status, input-gradient norm, DEQ
+  residual), the objective split into data and prior terms for it and for the naive method, Adam with the naive
+  method's settings continued from the joint solve's end point, and the joint solve run to 1000 iterations.
 * ``memory``: time to the naive method's final objective for Anderson memory 5 / 10 / 20 on the first three
   validation crops (denoising), and the final objective of memory 5 / 20 on four crops (inpainting).
 """
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 
 import fpntools
-from fpntools.augmented import Counter, augmented_solve
+from fpntools.augmented import Counter, augmented_solve, naive_solve, solve_equilibrium
 from fpntools.regularization import jacobian_frobenius
 from problems.imaging.bench import TASKS, make_observation, run_task
 from problems.imaging.data import TRAIN_IMAGES, PatchSampler, center_crop, load_image, psnr, validation_crops
@@ -44,7 +47,7 @@ from problems.imaging.tasks import (
 )
 from problems.imaging.train import Corruption, corrupt
 
-SECTIONS = ("conditioning", "encoder", "tv_oracle", "from_naive", "memory")
+SECTIONS = ("conditioning", "encoder", "tv_oracle", "from_naive", "stagnation", "memory")
 
 
 def task_config(task) -> TaskConfig:
@@ -117,6 +120,40 @@ def from_naive(model) -> None:
             augmented_solve(prob.f, prob.loss, x0, prob.z0(x0), None, solver_cfg, counter=counter)
         curve = [round(float(prob.objective(s.x).sum()), 4) for s in counter.snapshots]
         print(f"  joint solve from the {name}: objective every 25 iterations {curve}")
+
+
+def _split(prob, x) -> tuple[float, float]:
+    """Data term and prior term of the objective at ``x`` (accurate equilibrium)."""
+    z = solve_equilibrium(prob.f, x.detach(), prob.z0(x), tol=1e-6, max_iter=150)
+    with torch.no_grad():
+        r = (prob.model.head(z) - prob.y) * prob.mask
+        return float(0.5 * r.pow(2).sum()), float(0.5 * prob.lam * (x - prob.x_prior).pow(2).sum())
+
+
+def stagnation(model) -> None:
+    task = TASKS[2]
+    for name in ("camera", "coins"):
+        img = center_crop(load_image(name), 96)
+        y, mask = make_observation(img, task)
+        cfg = task_config(task)
+        prob = make_problem(model, y, mask, cfg)
+        _, naive = restore_naive(model, y, mask, cfg)
+        _, joint = restore_augmented(model, y, mask, cfg)
+        for label, x in (("naive", naive.x), ("joint", joint.x)):
+            data, prior = _split(prob, x)
+            print(f"{name} inpainting, {label}: objective {data + prior:.4f} = data {data:.4f} + prior {prior:.4f}")
+        print(f"  joint solve: {joint.info.summary()}; ||grad L|| {float(joint.grad_norm.max()):.3g}, DEQ residual "
+              f"{float(joint.deq_residual.max()):.3g}")
+        x0 = joint.x.detach()
+        cont = naive_solve(prob.f, prob.loss, x0, prob.z0(x0), None, cfg.naive)
+        print(f"  Adam (the naive settings, {cfg.naive.steps} steps) from the joint end point: objective "
+              f"{float(prob.objective(cont.x).sum()):.4f}")
+        long_cfg = replace(cfg, augmented=replace(cfg.augmented, max_iter=1000))
+        counter = Counter(record_every=100)
+        counter.start()
+        restore_augmented(model, y, mask, long_cfg, counter)
+        curve = [round(float(prob.objective(s.x).sum()), 4) for s in counter.snapshots]
+        print(f"  joint solve to 1000 iterations: objective every 100 iterations {curve}", flush=True)
 
 
 def memory(model) -> None:
