@@ -17,6 +17,13 @@ def test_zoo_train_sim_on_digits_and_resume(tmp_path):
     assert "eval_acc=" in result.output and ck.is_file()
 
 
+def test_zoo_train_conv_fpn_on_digits_images():
+    result = runner.invoke(app, ["zoo", "train", "--model", "conv-fpn", "--epochs", "1", "--width", "8",
+                                 "--backward", "implicit_cg"])
+    assert result.exit_code == 0, result.output
+    assert "eval_acc=" in result.output
+
+
 def test_zoo_train_rejects_bad_choices():
     result = runner.invoke(app, ["zoo", "train", "--model", "resnet"])
     assert result.exit_code == 2

@@ -120,7 +120,8 @@ class ConvFPNClassifier(nn.Module):
         spectral_normalize(self.latent, coeff=gamma, input_shape=(channels, h, w), method="fft")
         self.layer = ConvFPNLayer()
         self.fpn = make_fixed_point(self.layer, self.cfg)
-        self.classifier = nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(channels * (h // 2) * (w // 2), n_classes))
+        pooled = channels * (h // 2) * (w // 2)
+        self.classifier = nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(pooled, n_classes))
 
     def forward(self, x: Tensor) -> ZooOutput:
         h, w = self.image_size

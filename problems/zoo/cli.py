@@ -15,7 +15,9 @@ import typer
 
 app = typer.Typer(help="Model zoo: DEQ, MDEQ, SIM, FPN, DEQ sequence models.", no_args_is_help=True)
 
-MODELS = ("deq", "fpn", "sim", "sim2", "mdeq", "deq-transformer", "deq-trellis")
+MODELS = ("deq", "fpn", "conv-fpn", "sim", "sim2", "mdeq", "deq-transformer", "deq-trellis")
+IMAGE_MODELS = ("mdeq", "conv-fpn")
+"""Models that take images ``(B, C, H, W)``; the others take flattened inputs."""
 DATASETS = ("digits", "cifar10", "images", "pydocs", "wikitext")
 
 
@@ -32,8 +34,8 @@ def build(model: str, dataset: str, data_dir: Path | None, backward: str, jacobi
 
     from fpntools.data import TokenWindows, load_cifar10, load_digits, load_image_folder, load_python_docs_corpus, load_wikitext
     from fpntools.errors import UserInputError
-    from fpntools.models import (DEQLanguageModel, DEQMLP, FPNClassifier, JacobianRegConfig, MDEQClassifier,
-                                 SIMClassifier, SolveConfig)
+    from fpntools.models import (ConvFPNClassifier, DEQLanguageModel, DEQMLP, FPNClassifier, JacobianRegConfig,
+                                 MDEQClassifier, SIMClassifier, SolveConfig)
 
     if model not in MODELS:
         raise UserInputError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
@@ -54,7 +56,7 @@ def build(model: str, dataset: str, data_dir: Path | None, backward: str, jacobi
     if dataset in ("pydocs", "wikitext"):
         raise UserInputError(f"{model} is an image classifier; use --dataset digits, cifar10 or images")
     if dataset == "digits":
-        s = load_digits(flat=model != "mdeq")
+        s = load_digits(flat=model not in IMAGE_MODELS)
         xtr, ytr, xte, yte = s.x_train, s.y_train, s.x_test, s.y_test
         n_classes = 10
     else:
@@ -69,13 +71,15 @@ def build(model: str, dataset: str, data_dir: Path | None, backward: str, jacobi
             n_test = max(1, len(y) // 5)
             xte, yte, xtr, ytr = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
             n_classes = len(classes)
-        if model != "mdeq":
+        if model not in IMAGE_MODELS:
             xtr, xte = xtr.flatten(1), xte.flatten(1)
     in_dim = xtr.shape[1]
     if model == "deq":
         net = DEQMLP(in_dim, n_classes, width=width, cfg=cfg)
     elif model == "fpn":
         net = FPNClassifier(in_dim, n_classes, width=width, cfg=cfg)
+    elif model == "conv-fpn":  # width // 2 channels: 32 at the default width, as in `fpntools bench zoo`
+        net = ConvFPNClassifier(in_dim, tuple(xtr.shape[2:]), n_classes, channels=max(4, width // 2), cfg=cfg)
     elif model in ("sim", "sim2"):
         net = SIMClassifier(in_dim, n_classes, "single" if model == "sim" else "two", width=width, tier_dim=width)
     else:
