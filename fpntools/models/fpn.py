@@ -27,13 +27,17 @@ from fpntools.models.base import SolveConfig, ZooOutput, check_tensor, collect, 
 __all__ = ["ConvFPNClassifier", "ConvFPNLayer", "FPNClassifier", "FPNLayer"]
 
 
+def _check_gamma(gamma: float) -> None:
+    if not 0.0 < gamma < 1.0:
+        raise ValueError(f"contraction factor gamma must lie in (0, 1), got {gamma}")
+
+
 class FPNLayer(nn.Module):
     """``T(u; q, W) = relu(gamma W u / ||W||_2 + q)``; ``q = Q(d)`` and the weight are inputs."""
 
     def __init__(self, width: int, gamma: float = 0.9) -> None:
         super().__init__()
-        if not 0.0 < gamma < 1.0:
-            raise ValueError(f"contraction factor gamma must lie in (0, 1), got {gamma}")
+        _check_gamma(gamma)
         self.weight = nn.Parameter(torch.empty(width, width))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # distinct singular values: ||W||_2 is differentiable
         self.gamma, self.width = gamma, width
@@ -106,8 +110,7 @@ class ConvFPNClassifier(nn.Module):
         super().__init__()
         from fpntools.contraction import spectral_normalize
 
-        if not 0.0 < gamma < 1.0:
-            raise ValueError(f"contraction factor gamma must lie in (0, 1), got {gamma}")
+        _check_gamma(gamma)
         h, w = (int(s) for s in image_size)
         if h < 3 or w < 3 or h % 2 or w % 2:
             raise ValueError(f"image_size must be even and at least 3 per side (2x2 pooling), got {image_size}")

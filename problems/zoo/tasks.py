@@ -102,12 +102,11 @@ def time_forward_backward(model: nn.Module, x: Tensor, y: Tensor, batch: int = 6
     return statistics.median(fwd), statistics.median(bwd)
 
 
-def _fpn(arch: str, width: int, cfg: SolveConfig) -> nn.Module:
-    if arch == "mlp":
-        return FPNClassifier(64, 10, width=width, cfg=cfg)
-    if arch == "conv":
-        return ConvFPNClassifier(1, (8, 8), 10, channels=width, cfg=cfg)
-    raise ValueError(f"arch must be 'mlp' or 'conv', got {arch!r}")
+_FPN_ARCHS: dict[str, tuple[str, int, Callable[[int, SolveConfig], nn.Module]]] = {
+    "mlp": ("FPN", 64, lambda width, cfg: FPNClassifier(64, 10, width=width, cfg=cfg)),
+    "conv": ("conv FPN", 32, lambda width, cfg: ConvFPNClassifier(1, (8, 8), 10, channels=width, cfg=cfg)),
+}
+"""Digits FPN of :func:`jfb_vs_implicit` per ``arch``: row label, default width, ``make(width, cfg)``."""
 
 
 def jfb_vs_implicit(epochs: int = 10, width: int | None = None, seed: int = 0, tols=(1e-4, 1e-3),
@@ -127,9 +126,10 @@ def jfb_vs_implicit(epochs: int = 10, width: int | None = None, seed: int = 0, t
     ratios implicit / JFB of the whole step and of the backward pass alone are given on each implicit row.
     "adjoint steps" are the adjoint iterations per sample, "adjoint products" the Jacobian products (VJPs,
     plus JVPs for CG) of the batch, both of one training step after training."""
-    if arch not in ("mlp", "conv"):
-        raise ValueError(f"arch must be 'mlp' or 'conv', got {arch!r}")
-    width = width if width is not None else (64 if arch == "mlp" else 32)
+    if arch not in _FPN_ARCHS:
+        raise ValueError(f"arch must be one of {sorted(_FPN_ARCHS)}, got {arch!r}")
+    label, default_width, make = _FPN_ARCHS[arch]
+    width = width if width is not None else default_width
     split = load_digits(flat=arch == "mlp")
     rows = []
     for tol in tols:
@@ -137,7 +137,7 @@ def jfb_vs_implicit(epochs: int = 10, width: int | None = None, seed: int = 0, t
         for mode in ("jfb", "implicit", "implicit_cg"):
             torch.manual_seed(seed)
             cfg = SolveConfig(backward=mode, tol=tol, max_iter=50, backward_tol=tol, backward_max_iter=50)
-            model = _fpn(arch, width, cfg)
+            model = make(width, cfg)
             final, _ = _train(model, split.train, split.test, epochs, seed=seed)
             fwd_ms, bwd_ms = time_forward_backward(model, split.x_train, split.y_train, seed=seed)
             # adjoint iterations of one training step after training (0 for JFB: one layer backward)
@@ -157,7 +157,7 @@ def jfb_vs_implicit(epochs: int = 10, width: int | None = None, seed: int = 0, t
                 vals["step ratio"] = (fwd_ms + bwd_ms) / (ref["fwd ms"] + ref["bwd ms"])
                 vals["train step ratio"] = final["step_ms"] / ref["ms / step"]
                 vals["bwd ratio"] = bwd_ms / ref["bwd ms"]
-            rows.append(Row(f"{'FPN' if arch == 'mlp' else 'conv FPN'} {mode}", vals))
+            rows.append(Row(f"{label} {mode}", vals))
     return rows
 
 
