@@ -33,7 +33,10 @@ solves the adjoint of the joint fixed point; needs second derivatives of ``f``, 
 ``create_graph``) or ``"jfb"`` (one differentiated application of ``G``).
 
 Counting. :class:`Counter` wraps ``f`` to count its evaluations and the vector-Jacobian products that pass
-through it, and records time-stamped snapshots of ``x`` so the two methods can be compared by wall time and
+through it, wraps ``loss`` to count objective evaluations (a joint iteration evaluates the objective and its
+gradient every time; the naive method once per outer step, so when the objective is costly -- a decoder head at
+full resolution -- wall time is the fair comparison and evaluation counts of ``f`` alone flatter the joint
+solve), and records time-stamped snapshots of ``x`` so the two methods can be compared by wall time and
 by the number of function evaluations needed to reach the same objective value.
 """
 
@@ -90,29 +93,33 @@ class Snapshot:
     nfe: int
     nvjp: int
     x: Tensor
+    nloss: int = 0
 
 
 @dataclass
 class Counter:
-    """Counts evaluations of ``f`` (``nfe``) and vector-Jacobian products through ``f`` (``nvjp``).
+    """Counts evaluations of ``f`` (``nfe``), vector-Jacobian products through ``f`` (``nvjp``) and evaluations
+    of the objective (``nloss``).
 
     ``counter.wrap(f)`` returns ``f`` with counting: each call adds one to ``nfe``; when the output takes part
     in autograd, a hook on it adds one to ``nvjp`` every time a gradient flows back through it (one adjoint
     iteration, one augmented step, one final backward). ``snapshot(x)`` records ``x`` with the time and
     counts, every ``record_every``-th call (0: never), so objective-versus-cost curves can be drawn afterwards
-    without paying for objective evaluations inside the timed run.
+    without paying for objective evaluations inside the timed run. ``counter.wrap_loss(loss)`` counts the
+    calls of ``loss``.
     """
 
     record_every: int = 0
     nfe: int = 0
     nvjp: int = 0
+    nloss: int = 0
     snapshots: list[Snapshot] = field(default_factory=list)
     _t0: float = field(default_factory=time.perf_counter, repr=False)
     _calls: int = field(default=0, repr=False)
 
     def start(self) -> None:
         """Reset the counts, the snapshots and the clock."""
-        self.nfe = self.nvjp = self._calls = 0
+        self.nfe = self.nvjp = self.nloss = self._calls = 0
         self.snapshots = []
         self._t0 = time.perf_counter()
 
@@ -134,10 +141,17 @@ class Counter:
 
         return counted
 
+    def wrap_loss(self, loss: Objective) -> Objective:
+        def counted(z: Tensor, x: Tensor) -> Tensor:
+            self.nloss += 1
+            return loss(z, x)
+
+        return counted
+
     def snapshot(self, x: Tensor, force: bool = False) -> None:
         self._calls += 1
         if force or (self.record_every > 0 and (self._calls - 1) % self.record_every == 0):
-            self.snapshots.append(Snapshot(self.elapsed, self.nfe, self.nvjp, x.detach().clone()))
+            self.snapshots.append(Snapshot(self.elapsed, self.nfe, self.nvjp, x.detach().clone(), self.nloss))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -284,6 +298,7 @@ class AugmentedResult:
         nfe, nvjp: evaluations of ``f`` and vector-Jacobian products through ``f`` spent by the solve.
         wall_time: seconds.
         jacobian_loss: penalty value when configured.
+        nloss: evaluations of ``loss`` (each with its gradient) spent by the solve.
     """
 
     x: Tensor
@@ -300,6 +315,7 @@ class AugmentedResult:
     nvjp: int
     wall_time: float
     jacobian_loss: Tensor | None = None
+    nloss: int = 0
 
 
 def _bnorm(t: Tensor) -> Tensor:
@@ -334,8 +350,8 @@ def augmented_solve(
     """
     cfg = config or AugmentedConfig()
     counter = counter if counter is not None else Counter()
-    f_counted = counter.wrap(f)
-    nfe0, nvjp0, t0 = counter.nfe, counter.nvjp, time.perf_counter()
+    f_counted, loss_counted = counter.wrap(f), counter.wrap_loss(loss)
+    nfe0, nvjp0, nloss0, t0 = counter.nfe, counter.nvjp, counter.nloss, time.perf_counter()
     x = x0 if projection is None else projection(x0)
     mu_s = torch.zeros_like(z0) if mu0 is None else mu0 / cfg.adjoint_scale
     state: tuple[Tensor, Tensor, Tensor] = (z0.detach(), x.detach() / cfg.input_scale, mu_s.detach())
@@ -351,7 +367,7 @@ def augmented_solve(
     solver = make_solver(cfg.solver, **cfg.solver_options)
     for i, (alpha, iters) in enumerate(stages):
         last = i == len(stages) - 1
-        gmap = AugmentedMap(f_counted, loss, alpha, projection, cfg.adjoint_scale, counter, cfg.input_scale)
+        gmap = AugmentedMap(f_counted, loss_counted, alpha, projection, cfg.adjoint_scale, counter, cfg.input_scale)
         tol = cfg.settle_tol if (settle and i == 0) else cfg.tol
         kwargs = dict(tol=tol, max_iter=iters, stop_mode=cfg.stop_mode, divergence_factor=cfg.divergence_factor)
         if last:
@@ -362,7 +378,7 @@ def augmented_solve(
         state = tuple(out)  # type: ignore[assignment]
         infos.append(info)
     wall = time.perf_counter() - t0
-    nfe, nvjp = counter.nfe - nfe0, counter.nvjp - nvjp0
+    nfe, nvjp, nloss = counter.nfe - nfe0, counter.nvjp - nvjp0, counter.nloss - nloss0
     z, x_s, mu_s = state
     x = x_s * cfg.input_scale
     if projection is not None:
@@ -393,6 +409,7 @@ def augmented_solve(
         nvjp=nvjp,
         wall_time=wall,
         jacobian_loss=jac,
+        nloss=nloss,
     )
 
 
@@ -432,7 +449,8 @@ class NaiveConfig:
 
 @dataclass
 class NaiveResult:
-    """Result of :func:`naive_solve`: final input and equilibrium (detached), per-step objectives and costs."""
+    """Result of :func:`naive_solve`: final input and equilibrium (detached), per-step objectives and costs
+    (``nloss``: objective evaluations, one per outer step)."""
 
     x: Tensor
     z: Tensor
@@ -443,6 +461,7 @@ class NaiveResult:
     nfe: int
     nvjp: int
     wall_time: float
+    nloss: int = 0
 
 
 def input_gradient(
@@ -493,8 +512,8 @@ def naive_solve(
     if cfg.optimizer not in ("adam", "gd", "normalized"):
         raise ValueError(f"optimizer must be 'adam', 'gd' or 'normalized', got {cfg.optimizer!r}")
     counter = counter if counter is not None else Counter()
-    fc = counter.wrap(f)
-    nfe0, nvjp0, t0 = counter.nfe, counter.nvjp, time.perf_counter()
+    fc, loss_counted = counter.wrap(f), counter.wrap_loss(loss)
+    nfe0, nvjp0, nloss0, t0 = counter.nfe, counter.nvjp, counter.nloss, time.perf_counter()
     solver = make_solver(cfg.solver, **cfg.solver_options)
     x = (x0 if projection is None else projection(x0)).detach().clone()
     z = z0.detach()
@@ -508,7 +527,7 @@ def naive_solve(
     for k in range(1, cfg.steps + 1):
         counter.snapshot(x, force=counter.record_every > 0)
         lval, g, z_new, mu_new = input_gradient(
-            fc, loss, x, z, solver=solver, tol=cfg.inner_tol, max_iter=cfg.inner_max_iter,
+            fc, loss_counted, x, z, solver=solver, tol=cfg.inner_tol, max_iter=cfg.inner_max_iter,
             backward_tol=cfg.backward_tol, backward_max_iter=cfg.backward_max_iter,
             mu0=mu if cfg.warm_start else None,
         )
@@ -535,7 +554,7 @@ def naive_solve(
     assert lval is not None and g is not None
     return NaiveResult(
         x=x, z=z_new, objective=lval, grad_norm=_bnorm(g), history=history, steps=k,
-        nfe=counter.nfe - nfe0, nvjp=counter.nvjp - nvjp0, wall_time=wall,
+        nfe=counter.nfe - nfe0, nvjp=counter.nvjp - nvjp0, wall_time=wall, nloss=counter.nloss - nloss0,
     )
 
 

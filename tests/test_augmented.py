@@ -139,10 +139,12 @@ def test_counter_counts_evaluations_and_vjps():
     with torch.no_grad():
         res = augmented_solve(layer, loss, x0, z0, config=AugmentedConfig(step_size=0.05, max_iter=20, tol=1e-14), counter=counter)
     assert res.nfe == res.info.nfe == 20 and res.nvjp == 20
-    assert len(counter.snapshots) == 10 and counter.snapshots[-1].nfe == 18
+    assert res.nloss == counter.nloss == 20  # one objective evaluation (with its gradient) per joint iteration
+    assert len(counter.snapshots) == 10 and counter.snapshots[-1].nfe == 18 and counter.snapshots[-1].nloss == 18
     c2 = Counter()
     naive = naive_solve(layer, loss, x0, z0, config=NaiveConfig(steps=3), counter=c2)
     assert naive.nfe == c2.nfe > 3 and naive.nvjp == c2.nvjp > 3
+    assert naive.nloss == c2.nloss == 3  # one per outer step, however many inner iterations
     # a true-objective evaluation is not counted
     true_objective(c2.wrap(layer), loss, naive.x, z0)
     assert c2.nvjp == naive.nvjp

@@ -1,9 +1,9 @@
 """Benchmark: augmented joint fixed point vs naive nested optimisation vs TV on held-out images.
 
 For each held-out crop and task (denoising at sigma 0.2 / 0.4, inpainting of missing 8x8 blocks) it reports
-PSNR of every method (TV, the amortised encoder's starting point, naive, augmented), and the wall time and
-the number of DEQ function evaluations (+ vector-Jacobian products) that the augmented and the naive method
-need to reach the same objective value: the naive method's final objective (times ``1 + rtol``,
+PSNR of every method (TV, the amortised encoder's starting point, naive, augmented), and the wall time, the
+number of DEQ function evaluations (+ vector-Jacobian products) and the number of objective evaluations (decoder
+head and its gradient) that the augmented and the naive method need to reach the same objective value: the naive method's final objective (times ``1 + rtol``,
 ``rtol = 1e-4``). Both start from the encoder's latent. The objective of each recorded iterate (every naive
 step, every 5th joint iteration) is evaluated offline with an accurate equilibrium solve (not timed). Times
 are medians over ``repeats`` runs.
@@ -96,9 +96,11 @@ class BenchRow:
     naive_time: float
     naive_nfe: int
     naive_nvjp: int
+    naive_nloss: int
     aug_time: float | None
     aug_nfe: int | None
     aug_nvjp: int | None
+    aug_nloss: int | None
     aug_final: float
     extra: dict = field(default_factory=dict)
 
@@ -160,9 +162,11 @@ def run_task(
         naive_time=t_n,
         naive_nfe=cn.snapshots[i_n].nfe,
         naive_nvjp=cn.snapshots[i_n].nvjp,
+        naive_nloss=cn.snapshots[i_n].nloss,
         aug_time=t_a,
         aug_nfe=None if i_a is None else ca.snapshots[i_a].nfe,
         aug_nvjp=None if i_a is None else ca.snapshots[i_a].nvjp,
+        aug_nloss=None if i_a is None else ca.snapshots[i_a].nloss,
         aug_final=va[-1],
         extra={"naive_best": best_n, "aug_best": best_a, "naive_final": vn[-1]},
     )
@@ -191,7 +195,8 @@ def run_bench(
 
 
 HEADER = (
-    "| image | task | PSNR in | TV | encoder | naive | augmented | final obj naive / aug | naive s (nfe+vjp) | augmented s (nfe+vjp) | speedup time (evals) |",
+    "| image | task | PSNR in | TV | encoder | naive | augmented | final obj naive / aug | naive s (nfe+vjp, loss) "
+    "| augmented s (nfe+vjp, loss) | speedup time (f evals) |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
 )
 
@@ -201,11 +206,12 @@ def format_row(r: BenchRow) -> str:
         aug = f"not reached (best {r.extra['aug_best']:.2f})"
         sp = "-"
     else:
-        aug = f"{r.aug_time:.2f} ({r.aug_nfe}+{r.aug_nvjp})"
+        aug = f"{r.aug_time:.2f} ({r.aug_nfe}+{r.aug_nvjp}, {r.aug_nloss})"
         sp = f"{r.speedup:.1f}x ({(r.naive_nfe + r.naive_nvjp) / max(1, r.aug_nfe + r.aug_nvjp):.1f}x)"
+    naive = f"{r.naive_time:.2f} ({r.naive_nfe}+{r.naive_nvjp}, {r.naive_nloss})"
     return (
         f"| {r.image} | {r.task} | {r.psnr_input:.2f} | {r.psnr_tv:.2f} | {r.psnr_amortized:.2f} | {r.psnr_naive:.2f} "
-        f"| {r.psnr_augmented:.2f} | {r.extra['naive_final']:.2f} / {r.aug_final:.2f} | {r.naive_time:.2f} ({r.naive_nfe}+{r.naive_nvjp}) | {aug} | {sp} |"
+        f"| {r.psnr_augmented:.2f} | {r.extra['naive_final']:.2f} / {r.aug_final:.2f} | {naive} | {aug} | {sp} |"
     )
 
 
