@@ -213,6 +213,51 @@ def test_decoder_training_with_jacobian_penalty_writes_loadable_weights(tmp_path
     assert sum(p.numel() for p in loaded.parameters()) > 0 and not list(tmp_path.glob("*.tmp*"))
 
 
+def test_fine_tuning_switches_the_activation_and_the_file_keeps_it(tmp_path: Path):
+    """``--activation softplus`` with ``--init``: the relu weights are loaded into a softplus decoder and
+    fine-tuned; the written file records the activation, and a resumed run keeps it."""
+    from problems.imaging.model import DecoderConfig, DEQDecoder, save_decoder
+    from problems.imaging.train import TrainConfig, train_decoder
+
+    small = DecoderConfig(channels=8, latent_channels=2, encoder_width=8)
+    torch.manual_seed(0)
+    save_decoder(DEQDecoder(small), tmp_path / "relu.safetensors")
+    cfg = TrainConfig(patch=16, batch=4, steps=2, minutes=5, fwd_max_iter=5, bwd_max_iter=5,
+                      init=str(tmp_path / "relu.safetensors"), activation="softplus")
+    train_decoder(cfg, small, str(tmp_path / "soft.safetensors"), log=False)
+    soft = load_decoder(tmp_path / "soft.safetensors")
+    assert soft.cfg.activation == "softplus" and load_decoder(tmp_path / "relu.safetensors").cfg.activation == "relu"
+    resumed = replace(cfg, init=str(tmp_path / "soft.safetensors"), activation=None)
+    train_decoder(resumed, small, str(tmp_path / "again.safetensors"), log=False)
+    assert load_decoder(tmp_path / "again.safetensors").cfg.activation == "softplus"
+    with pytest.raises(ValueError, match="activation"):
+        DecoderConfig(activation="tanh")
+
+
+def test_softplus_decoder_is_smooth_and_tends_to_relu():
+    """The softplus activation has a continuous derivative at 0 (relu's jumps by 1), the layer and the head use
+    the configured activation, and a large beta gives the relu decoder back."""
+    from problems.imaging.model import DecoderConfig, DEQDecoder
+
+    torch.manual_seed(0)
+    relu = DEQDecoder(DecoderConfig(channels=8, latent_channels=2, encoder_width=8)).double()
+
+    def variant(beta):
+        m = DEQDecoder(replace(relu.cfg, activation="softplus", softplus_beta=beta)).double()
+        m.load_state_dict(relu.state_dict())
+        return m
+
+    t = torch.tensor([-1e-7, 1e-7], dtype=torch.float64, requires_grad=True)
+    for cfg, jump in ((relu.cfg, 1.0), (variant(10.0).cfg, 0.0)):
+        (dt,) = torch.autograd.grad(cfg.act(t).sum(), t)
+        assert float(dt[1] - dt[0]) == pytest.approx(jump, abs=1e-5)
+    z, x = torch.randn(1, 8, 8, 8, dtype=torch.float64), torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        for m, close in ((variant(1e4), True), (variant(10.0), False)):
+            assert torch.allclose(m.layer(z, x), relu.layer(z, x), atol=1e-3) is close
+            assert torch.allclose(m.head(z), relu.head(z), atol=1e-3) is close
+
+
 def test_tuning_on_validation_crops(model):
     """``tune_task`` / ``tune_naive_lr`` score every value on the crops they are given (PSNR, final objective)."""
     from problems.imaging.bench import TASKS, make_observation, tune_naive_lr, tune_task

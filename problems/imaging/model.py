@@ -8,10 +8,10 @@ Layer (residual block in the style of MDEQ, Bai et al. 2020, with group normalis
 
 .. math::
     u(x) &= \mathrm{conv}_{inj}(\mathrm{up}_2(x)) \\
-    f(z, x) &= \mathrm{GN}_3\big(\mathrm{relu}(z + \mathrm{GN}_2(W_2 * \mathrm{relu}(\mathrm{GN}_1(W_1 * z)) + u(x)))\big)
+    f(z, x) &= \mathrm{GN}_3\big(\phi(z + \mathrm{GN}_2(W_2 * \phi(\mathrm{GN}_1(W_1 * z)) + u(x)))\big)
 
-Head: ``h(z) = W_o * relu(W_f * relu(up_2(W_h * z))) + 1/2`` (bilinear upsampling, one full-resolution
-convolution).
+Head: ``h(z) = W_o * phi(W_f * phi(up_2(W_h * z))) + 1/2`` (bilinear upsampling, one full-resolution
+convolution). ``phi`` is relu or a softplus (``DecoderConfig.activation``).
 
 Amortised inference encoder ``E(y, m, sigma)``: a convolutional network (two stride-2 stages) that maps an
 observation -- pixels ``y`` (missing ones set to 0), the known-pixel mask ``m`` and the noise level ``sigma``
@@ -35,18 +35,35 @@ from fpntools.errors import UserInputError
 
 __all__ = ["DecoderConfig", "DEQLayer", "DEQDecoder", "save_decoder", "load_decoder", "DEFAULT_WEIGHTS"]
 
+ACTIVATIONS = ("relu", "softplus")
+
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "imaging" / "deq_decoder.safetensors"
 
 
 @dataclass(frozen=True)
 class DecoderConfig:
     """Architecture: ``channels`` C of the state, ``latent_channels`` of the latent grid, ``groups`` of GN,
-    ``encoder_width`` of the amortised encoder."""
+    ``encoder_width`` of the amortised encoder, and the ``activation`` of the DEQ layer and the head:
+    ``"relu"`` or ``"softplus"`` (``log(1 + exp(beta t)) / beta`` with ``beta = softplus_beta``, a smooth
+    relu: the latent objectives of :mod:`problems.imaging.tasks` are then smooth, which quasi-Newton / Anderson
+    joint solves need; the encoder keeps relu, it is not differentiated at test time)."""
 
     channels: int = 32
     latent_channels: int = 8
     groups: int = 4
     encoder_width: int = 32
+    activation: str = "relu"
+    softplus_beta: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if not self.softplus_beta > 0:
+            raise ValueError(f"softplus_beta must be positive, got {self.softplus_beta}")
+
+    def act(self, t: Tensor) -> Tensor:
+        """The activation of the layer and the head."""
+        return F.relu(t) if self.activation == "relu" else F.softplus(t, beta=self.softplus_beta)
 
     @property
     def factor(self) -> int:
@@ -59,6 +76,7 @@ class DEQLayer(nn.Module):
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
+        self.cfg = cfg
         c = cfg.channels
         self.inject = nn.Conv2d(cfg.latent_channels, c, 3, padding=1)
         self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
@@ -73,9 +91,10 @@ class DEQLayer(nn.Module):
         return self.inject(F.interpolate(x, scale_factor=2, mode="nearest"))
 
     def forward(self, z: Tensor, x: Tensor) -> Tensor:
-        y = F.relu(self.gn1(self.conv1(z)))
+        act = self.cfg.act
+        y = act(self.gn1(self.conv1(z)))
         y = self.gn2(self.conv2(y) + self.injection(x))
-        return self.gn3(F.relu(z + y))
+        return self.gn3(act(z + y))
 
 
 class DEQDecoder(nn.Module):
@@ -103,8 +122,9 @@ class DEQDecoder(nn.Module):
 
     def head(self, z: Tensor) -> Tensor:
         """Image ``(B, 1, H, W)`` from the state ``(B, C, H/2, W/2)``."""
-        y = F.relu(F.interpolate(self.head_conv(z), scale_factor=2, mode="bilinear", align_corners=False))
-        return self.out_conv(F.relu(self.full_conv(y))) + 0.5
+        act = self.cfg.act
+        y = act(F.interpolate(self.head_conv(z), scale_factor=2, mode="bilinear", align_corners=False))
+        return self.out_conv(act(self.full_conv(y))) + 0.5
 
     def encode(self, y: Tensor, mask: Tensor | None = None, sigma: float | Tensor = 0.0) -> Tensor:
         r"""Amortised latent estimate ``x_hat = E(y, m, sigma)`` for observations ``y`` ``(B, 1, H, W)``.

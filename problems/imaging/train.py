@@ -12,7 +12,7 @@ interrupted run loses at most that much (resume with ``--init``).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -30,7 +30,8 @@ __all__ = ["TrainConfig", "Corruption", "corrupt", "heldout_psnr", "train_decode
 class TrainConfig:
     """Training options (wall-clock budget ``minutes``; ``steps`` caps the number of batches). ``jac_weight``
     > 0 adds the Jacobian penalty ``jac_weight * ||J_f(z*)||_F^2 / N`` (Bai, Koltun, Kolter 2021; one Hutchinson
-    sample, applied with probability ``jac_prob`` per batch), which keeps the equilibrium easy to solve."""
+    sample, applied with probability ``jac_prob`` per batch), which keeps the equilibrium easy to solve.
+    ``activation`` (with ``init``) switches the loaded weights to another activation before fine-tuning."""
 
     patch: int = 32
     batch: int = 32
@@ -48,6 +49,7 @@ class TrainConfig:
     save_every: float = 5.0
     jac_weight: float = 0.0
     jac_prob: float = 1.0
+    activation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,11 @@ def train_decoder(
         from problems.imaging.model import load_decoder
 
         model = load_decoder(cfg.init).train()
+        if cfg.activation is not None and cfg.activation != model.cfg.activation:
+            # fine-tune the same weights under another activation (e.g. relu -> softplus for a smooth decoder)
+            state = model.state_dict()
+            model = DEQDecoder(replace(model.cfg, activation=cfg.activation)).train()
+            model.load_state_dict(state)
         with safe_open(cfg.init, framework="pt") as fh:
             prev = json.loads((fh.metadata() or {}).get("summary", "{}"))
         prior_steps = int(prev.get("total_steps", prev.get("steps", 0)))
@@ -192,12 +199,16 @@ def main(
     init: str = typer.Option("", help="resume from these weights"),
     jac_weight: float = typer.Option(0.0, help="Jacobian penalty weight (0: off)"),
     jac_prob: float = typer.Option(1.0, help="probability of applying the Jacobian penalty per batch"),
+    activation: str = typer.Option(
+        "", help="relu or softplus (default: relu, or that of the --init weights, which this switches)"
+    ),
 ) -> None:
     """Train the DEQ patch decoder."""
     train_decoder(
         TrainConfig(minutes=minutes, steps=steps, lr=lr, latent_weight=latent_weight, seed=seed, init=init or None,
-                    jac_weight=jac_weight, jac_prob=jac_prob),
-        DecoderConfig(channels=channels, latent_channels=latent_channels, encoder_width=encoder_width),
+                    jac_weight=jac_weight, jac_prob=jac_prob, activation=activation or None),
+        DecoderConfig(channels=channels, latent_channels=latent_channels, encoder_width=encoder_width,
+                      activation=activation or "relu"),
         out,
     )
 
