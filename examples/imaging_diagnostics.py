@@ -15,6 +15,12 @@ Sections:
 * ``stagnation``: camera and coins inpainting: where the joint solve stops (status, input-gradient norm, DEQ
   residual), the objective split into data and prior terms for it and for the naive method, Adam with the naive
   method's settings continued from the joint solve's end point, and the joint solve run to 1000 iterations.
+* ``smoothness``: camera inpainting, in float64 at the joint solve's end point: the adjoint gradient's
+  directional derivative along ``-g / ||g||`` against central difference quotients of the objective with steps
+  1e-5 ... 1e-2 (they agree to O(h^2) on a smooth objective; relu kinks make them drift at tiny steps).
+* ``cost``: milliseconds per call (median of 30) of the DEQ layer, the layer with its vector-Jacobian product,
+  the objective with its gradient (decoder head at full resolution), one joint iteration, and one Anderson step
+  (memory 20) on the stacked state, for camera inpainting.
 * ``memory``: time to the naive method's final objective for Anderson memory 5 / 10 / 20 on the first three
   validation crops (denoising), and the final objective of memory 5 / 20 on four crops (inpainting).
 """
@@ -22,19 +28,29 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import copy
+import time
 from dataclasses import replace
 
 import numpy as np
 import torch
 
 import fpntools
-from fpntools.augmented import Counter, augmented_solve, naive_solve, solve_equilibrium
+from fpntools.augmented import (
+    AugmentedMap,
+    Counter,
+    augmented_solve,
+    input_gradient,
+    naive_solve,
+    solve_equilibrium,
+)
 from fpntools.regularization import jacobian_frobenius
 from problems.imaging.bench import TASKS, make_observation, run_task
 from problems.imaging.data import TRAIN_IMAGES, PatchSampler, center_crop, load_image, psnr, validation_crops
 from problems.imaging.model import load_decoder
 from problems.imaging.tasks import (
     AUGMENTED_DEFAULT,
+    LatentProblem,
     TaskConfig,
     keep_known,
     make_problem,
@@ -47,7 +63,7 @@ from problems.imaging.tasks import (
 )
 from problems.imaging.train import Corruption, corrupt
 
-SECTIONS = ("conditioning", "encoder", "tv_oracle", "from_naive", "stagnation", "memory")
+SECTIONS = ("conditioning", "encoder", "tv_oracle", "from_naive", "stagnation", "smoothness", "cost", "memory")
 
 
 def task_config(task) -> TaskConfig:
@@ -154,6 +170,76 @@ def stagnation(model) -> None:
         restore_augmented(model, y, mask, long_cfg, counter)
         curve = [round(float(prob.objective(s.x).sum()), 4) for s in counter.snapshots]
         print(f"  joint solve to 1000 iterations: objective every 100 iterations {curve}", flush=True)
+
+
+def smoothness(model) -> None:
+    task = TASKS[2]
+    img = center_crop(load_image("camera"), 96)
+    y, mask = make_observation(img, task)
+    cfg = task_config(task)
+    _, joint = restore_augmented(model, y, mask, cfg)
+    p32 = make_problem(model, y, mask, cfg)
+    prob = LatentProblem(copy.deepcopy(model).double(), p32.y.double(), p32.mask.double(), p32.lam,
+                         x_prior=p32.x_prior.double())
+    x = joint.x.detach().double()
+
+    def objective(x):
+        z = solve_equilibrium(prob.f, x, prob.z0(x), tol=1e-11, max_iter=500)
+        with torch.no_grad():
+            return float(prob.loss(z, x).sum())
+
+    lval, g, _, _ = input_gradient(prob.f, prob.loss, x, prob.z0(x), tol=1e-11, max_iter=500, backward_tol=1e-11,
+                                   backward_max_iter=500)
+    d = -g / g.norm()
+    print(f"camera inpainting, joint end point (float64): objective {float(lval.sum()):.6f}, ||grad L|| "
+          f"{float(g.norm()):.4f}, directional derivative along -g/||g||: {float((g * d).sum()):.6f}")
+    quotients = {h: (objective(x + h * d) - objective(x - h * d)) / (2 * h) for h in (1e-5, 1e-4, 1e-3, 1e-2)}
+    print("  central difference quotients: " + ", ".join(f"h={h:g}: {q:.6f}" for h, q in quotients.items()))
+
+
+def _ms(fn, n: int = 30) -> float:
+    fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def cost(model) -> None:
+    task = TASKS[2]
+    img = center_crop(load_image("camera"), 96)
+    y, mask = make_observation(img, task)
+    prob = make_problem(model, y, mask, task_config(task))
+    x = prob.x0()
+    z = solve_equilibrium(prob.f, x, prob.z0(x))
+    mu = torch.randn_like(z)
+
+    def vjp(fn):
+        def run():
+            with torch.enable_grad():
+                zz, xx = z.detach().requires_grad_(), x.detach().requires_grad_()
+                torch.autograd.grad(fn(zz, xx), (zz, xx), allow_unused=True)
+        return run
+
+    gmap = AugmentedMap(prob.f, prob.loss, step_for_lam(prob.lam))
+    state = torch.cat([z.flatten(1), x.flatten(1), mu.flatten(1)], 1)
+    anderson = fpntools.Anderson(m=20)
+    mem = anderson.init(state)
+    for k in range(20):
+        _, mem = anderson.step(state + 1e-3 * k, state + torch.randn_like(state), mem, k)
+    with torch.no_grad():
+        rows = {
+            "layer f(z, x)": _ms(lambda: prob.f(z, x)),
+            "layer + vector-Jacobian product": _ms(vjp(lambda zz, xx: (prob.f(zz, xx) * mu).sum())),
+            "objective + gradient (head at full resolution)": _ms(vjp(lambda zz, xx: prob.loss(zz, xx).sum())),
+            "one joint iteration (layer, objective, one backward)": _ms(lambda: gmap((z, x, mu))),
+            f"one Anderson step, memory 20, state of {state.shape[1]} numbers": _ms(
+                lambda: anderson.step(state, state, mem, 20)),
+        }
+    for name, ms in rows.items():
+        print(f"camera inpainting, {name}: {ms:.2f} ms")
 
 
 def memory(model) -> None:
