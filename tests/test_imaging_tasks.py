@@ -258,6 +258,39 @@ def test_softplus_decoder_is_smooth_and_tends_to_relu():
             assert torch.allclose(m.head(z), relu.head(z), atol=1e-3) is close
 
 
+def test_shipped_smooth_weights_give_a_smooth_objective():
+    """With the shipped softplus weights the inpainting objective is smooth: in float64, central difference
+    quotients along the descent direction agree with the adjoint gradient from h = 1e-5 up to h = 1e-3; the
+    relu weights' quotients drift by more at the same point."""
+    from fpntools.augmented import input_gradient, solve_equilibrium
+    from problems.imaging.bench import TASKS, make_observation
+    from problems.imaging.model import SMOOTH_WEIGHTS
+    from problems.imaging.tasks import LatentProblem
+
+    img = center_crop(load_image("camera"), 32)
+    y, mask = make_observation(img, TASKS[2])
+    drift = {}
+    for path in (SMOOTH_WEIGHTS, None):
+        p32 = make_problem(load_decoder(path), y, mask, TaskConfig(lam=TASKS[2].lam))  # the encoder's latent
+        model = load_decoder(path, dtype=torch.float64).requires_grad_(False)
+        prob = LatentProblem(model, p32.y.double(), p32.mask.double(), p32.lam, x_prior=p32.x_prior.double())
+        x = prob.x0()
+        _, g, _, _ = input_gradient(prob.f, prob.loss, x, prob.z0(x), tol=1e-12, max_iter=400, backward_tol=1e-12,
+                                    backward_max_iter=400)
+        d = -g / g.norm()
+
+        def objective(x):
+            z = solve_equilibrium(prob.f, x, prob.z0(x), tol=1e-12, max_iter=400)
+            return float(prob.loss(z, x).sum())
+
+        slope = float((g * d).sum())
+        quotients = [(objective(x + h * d) - objective(x - h * d)) / (2 * h) for h in (1e-5, 1e-3)]
+        assert quotients[0] == pytest.approx(slope, rel=1e-5)
+        drift[path] = abs(quotients[1] - slope) / abs(slope)
+    assert load_decoder(SMOOTH_WEIGHTS).cfg.activation == "softplus"
+    assert drift[SMOOTH_WEIGHTS] < 1e-3 < drift[None]
+
+
 def test_tuning_on_validation_crops(model):
     """``tune_task`` / ``tune_naive_lr`` score every value on the crops they are given (PSNR, final objective)."""
     from problems.imaging.bench import TASKS, make_observation, tune_naive_lr, tune_task

@@ -33,11 +33,16 @@ from torch import Tensor, nn
 
 from fpntools.errors import UserInputError
 
-__all__ = ["DecoderConfig", "DEQLayer", "DEQDecoder", "save_decoder", "load_decoder", "DEFAULT_WEIGHTS"]
+__all__ = [
+    "DecoderConfig", "DEQLayer", "DEQDecoder", "save_decoder", "load_decoder", "DEFAULT_WEIGHTS", "SMOOTH_WEIGHTS",
+    "ACTIVATIONS",
+]
 
 ACTIVATIONS = ("relu", "softplus")
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "imaging" / "deq_decoder.safetensors"
+SMOOTH_WEIGHTS = DEFAULT_WEIGHTS.with_name("deq_decoder_softplus.safetensors")
+"""The shipped weights fine-tuned with the softplus activation (``docs/imaging.md``: smooth latent objectives)."""
 
 
 @dataclass(frozen=True)
