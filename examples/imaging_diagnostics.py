@@ -22,7 +22,7 @@ Sections:
   the objective with its gradient (decoder head at full resolution), one joint iteration, and one Anderson step
   (memory 20) on the stacked state, for camera inpainting.
 * ``memory``: time to the naive method's final objective for Anderson memory 5 / 10 / 20 on the first three
-  validation crops (denoising), and the final objective of memory 5 / 20 on four crops (inpainting).
+  validation crops (denoising), and the final objective of memory 5 / 20 / 40 on four crops (inpainting).
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def cost(model) -> None:
 def memory(model) -> None:
     crops = validation_crops(96)
     for task, names, ms in ((TASKS[0], crops[:3], (5, 10, 20)), (TASKS[1], crops[:3], (5, 10, 20)),
-                            (TASKS[2], crops[:2] + crops[5:7], (5, 20))):
+                            (TASKS[2], crops[:2] + crops[5:7], (5, 20, 40))):
         for name, img in names:
             for m in ms:
                 base = TaskConfig()
