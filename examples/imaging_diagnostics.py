@@ -28,7 +28,6 @@ Sections:
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from dataclasses import replace
 
@@ -50,7 +49,6 @@ from problems.imaging.data import TRAIN_IMAGES, PatchSampler, center_crop, load_
 from problems.imaging.model import load_decoder
 from problems.imaging.tasks import (
     AUGMENTED_DEFAULT,
-    LatentProblem,
     TaskConfig,
     keep_known,
     make_problem,
@@ -80,7 +78,8 @@ def conditioning(model) -> None:
         z, info = fpntools.fixed_point(lambda z: model.layer(z, x), model.initial_state(x), "anderson", "jfb",
                                        tol=1e-5, max_iter=300)
     z = z.detach().requires_grad_()
-    jf = jacobian_frobenius(model.layer(z, x), z, n_samples=4, normalize=True, generator=torch.Generator().manual_seed(0))
+    jf = jacobian_frobenius(model.layer(z, x), z, n_samples=4, normalize=True,
+                            generator=torch.Generator().manual_seed(0))
     print(f"training patches: ||J_f||_F^2 / N = {float(jf.detach()):.3f}, Anderson steps to 1e-5: mean "
           f"{float(info.steps.float().mean()):.1f} ({int(info.converged.sum())}/32 converged)")
     img = center_crop(load_image("camera"), 96)
@@ -178,9 +177,7 @@ def smoothness(model) -> None:
     y, mask = make_observation(img, task)
     cfg = task_config(task)
     _, joint = restore_augmented(model, y, mask, cfg)
-    p32 = make_problem(model, y, mask, cfg)
-    prob = LatentProblem(copy.deepcopy(model).double(), p32.y.double(), p32.mask.double(), p32.lam,
-                         x_prior=p32.x_prior.double())
+    prob = make_problem(model, y, mask, cfg).to(torch.float64)
     x = joint.x.detach().double()
 
     def objective(x):

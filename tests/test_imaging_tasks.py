@@ -265,15 +265,13 @@ def test_shipped_smooth_weights_give_a_smooth_objective():
     from fpntools.augmented import input_gradient, solve_equilibrium
     from problems.imaging.bench import TASKS, make_observation
     from problems.imaging.model import SMOOTH_WEIGHTS
-    from problems.imaging.tasks import LatentProblem
 
     img = center_crop(load_image("camera"), 32)
     y, mask = make_observation(img, TASKS[2])
     drift = {}
     for path in (SMOOTH_WEIGHTS, None):
-        p32 = make_problem(load_decoder(path), y, mask, TaskConfig(lam=TASKS[2].lam))  # the encoder's latent
-        model = load_decoder(path, dtype=torch.float64).requires_grad_(False)
-        prob = LatentProblem(model, p32.y.double(), p32.mask.double(), p32.lam, x_prior=p32.x_prior.double())
+        model = load_decoder(path).requires_grad_(False)
+        prob = make_problem(model, y, mask, TaskConfig(lam=TASKS[2].lam)).to(torch.float64)
         x = prob.x0()
         _, g, _, _ = input_gradient(prob.f, prob.loss, x, prob.z0(x), tol=1e-12, max_iter=400, backward_tol=1e-12,
                                     backward_max_iter=400)

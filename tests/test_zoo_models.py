@@ -28,7 +28,9 @@ def _models(cfg: SolveConfig = TIGHT):
     return {
         "deq_mlp": (lambda: DEQMLP(5, 3, width=8, groups=1, cfg=TIGHT, init_scale=0.3), lambda: torch.randn(3, 5)),
         "fpn_implicit": (lambda: FPNClassifier(5, 3, width=8, cfg=TIGHT), lambda: torch.randn(3, 5)),
-        "conv_fpn_implicit": (lambda: ConvFPNClassifier(1, (4, 4), 3, channels=4, cfg=TIGHT), lambda: torch.randn(2, 1, 4, 4)),
+        "conv_fpn_implicit": (
+            lambda: ConvFPNClassifier(1, (4, 4), 3, channels=4, cfg=TIGHT), lambda: torch.randn(2, 1, 4, 4)
+        ),
         "mdeq": (lambda: MDEQClassifier(1, 3, channels=(4, 8), groups=1, cfg=TIGHT, init_scale=0.1), lambda: torch.randn(2, 1, 4, 4)),
         "mdeq_seg": (lambda: MDEQSegmenter(1, 3, channels=(4, 8), groups=1, cfg=TIGHT, init_scale=0.1), lambda: torch.randn(2, 1, 4, 4)),
         "deq_transformer": (lambda: DEQLanguageModel(7, 8, "transformer", max_len=8, cfg=TIGHT, n_heads=2),

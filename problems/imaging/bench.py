@@ -2,11 +2,11 @@
 
 For each held-out crop and task (denoising at sigma 0.2 / 0.4, inpainting of missing 8x8 blocks) it reports
 PSNR of every method (TV, the amortised encoder's starting point, naive, augmented), and the wall time, the
-number of DEQ function evaluations (+ vector-Jacobian products) and the number of objective evaluations (decoder
-head and its gradient) that the augmented and the naive method need to reach the same objective value: the naive method's final objective (times ``1 + rtol``,
-``rtol = 1e-4``). Both start from the encoder's latent. The objective of each recorded iterate (every naive
-step, every 5th joint iteration) is evaluated offline with an accurate equilibrium solve (not timed). Times
-are medians over ``repeats`` runs.
+number of DEQ function evaluations (+ vector-Jacobian products) and the number of objective evaluations
+(decoder head and its gradient) that the augmented and the naive method need to reach the same objective value:
+the naive method's final objective (times ``1 + rtol``, ``rtol = 1e-4``). Both start from the encoder's
+latent. The objective of each recorded iterate (every naive step, every 5th joint iteration) is evaluated
+offline with an accurate equilibrium solve (not timed). Times are medians over ``repeats`` runs.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ to a clean target is the same problem with ``M = 1`` and a small ``lambda``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -165,6 +166,13 @@ class LatentProblem:
         if self.tv > 0:
             out = out + self.tv * smooth_tv(self.model.head(z), self.tv_eps)
         return out
+
+    def to(self, dtype: torch.dtype) -> "LatentProblem":
+        """The same problem in ``dtype`` (a converted copy of the decoder, the observation and the prior centre),
+        e.g. float64 for finite-difference checks."""
+        model = copy.deepcopy(self.model).to(dtype)
+        mask = None if self.mask is None else self.mask.to(dtype)
+        return LatentProblem(model, self.y.to(dtype), mask, self.lam, self.tv, self.tv_eps, self.x_prior.to(dtype))
 
     def x0(self) -> Tensor:
         return self.x_prior.clone()

@@ -130,7 +130,8 @@ def train_decoder(
     if cfg.jac_weight > 0:
         from fpntools.regularization import JacobianPenalty
 
-        penalty = JacobianPenalty(weight=cfg.jac_weight, p=cfg.jac_prob, generator=torch.Generator().manual_seed(cfg.seed))
+        penalty = JacobianPenalty(weight=cfg.jac_weight, p=cfg.jac_prob,
+                                  generator=torch.Generator().manual_seed(cfg.seed))
     deq = fpntools.FixedPoint(
         model.layer, "anderson", fpntools.Implicit(tol=cfg.bwd_tol, max_iter=cfg.bwd_max_iter),
         tol=cfg.fwd_tol, max_iter=cfg.fwd_max_iter, m=5, jacobian_penalty=penalty,
