@@ -5,6 +5,7 @@
 * :mod:`~fpntools.operators.projections`: projections onto convex sets (callable, batched over dim 0).
 * :mod:`~fpntools.operators.prox`: proximal maps ``prox(v, tau)``.
 * :mod:`~fpntools.operators.splitting`: splitting schemes as fixed-point maps ``T(state) -> state``.
+* :mod:`~fpntools.operators.spectrum`: Lanczos estimates of the spectrum of a symmetric operator (e.g. a Hessian).
 """
 
 from fpntools.operators.linear import (
@@ -49,6 +50,7 @@ from fpntools.operators.prox import (
     prox_l1,
     tv_norm,
 )
+from fpntools.operators.spectrum import LanczosResult, lanczos
 from fpntools.operators.splitting import PDHG, DavisYin, DouglasRachford, ForwardBackward, iterate
 
 __all__ = [
@@ -97,4 +99,7 @@ __all__ = [
     "ForwardBackward",
     "PDHG",
     "iterate",
+    # spectrum
+    "LanczosResult",
+    "lanczos",
 ]
