@@ -23,6 +23,14 @@ Sections:
   (memory 20) on the stacked state, for camera inpainting.
 * ``memory``: time to the naive method's final objective for Anderson memory 5 / 10 / 20 on the first three
   validation crops (denoising), and the final objective of memory 5 / 20 / 40 on four crops (inpainting).
+* ``spectrum``: camera and coins inpainting: Ritz values of the Hessian of the latent objective at the naive
+  method's solution (40 Lanczos steps from a random vector, Hessian-vector products by central differences of
+  the float64 adjoint gradient), the weight of the prior-dominated bulk, and how many Ritz values exceed
+  ``2 / alpha`` (directions in which the joint step is expansive, left to Anderson to stabilise).
+* ``prior_weight``: the inpainting benchmark rows at prior weights 0.1 (the benchmark's), 0.3 and 1 (time to the
+  naive method's final objective, 3 runs): how the joint solve's reach depends on the conditioning.
+* ``steps``: camera and coins inpainting: final objective of the joint solve for joint steps 1 / (lam + 3), 0.2,
+  0.1, 1/30 and Anderson memories 20 ... 80, against the naive method's final objective.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from fpntools.augmented import (
     naive_solve,
     solve_equilibrium,
 )
+from fpntools.operators import lanczos
 from fpntools.regularization import jacobian_frobenius
 from problems.imaging.bench import TASKS, make_observation, run_task
 from problems.imaging.data import TRAIN_IMAGES, PatchSampler, center_crop, load_image, psnr, validation_crops
@@ -61,7 +70,10 @@ from problems.imaging.tasks import (
 )
 from problems.imaging.train import Corruption, corrupt
 
-SECTIONS = ("conditioning", "encoder", "tv_oracle", "from_naive", "stagnation", "smoothness", "cost", "memory")
+SECTIONS = (
+    "conditioning", "encoder", "tv_oracle", "from_naive", "stagnation", "smoothness", "cost", "memory", "spectrum",
+    "prior_weight", "steps",
+)
 
 
 def task_config(task) -> TaskConfig:
@@ -251,6 +263,70 @@ def memory(model) -> None:
                 aug = "not reached" if r.aug_time is None else f"{r.aug_time:.2f} s"
                 print(f"{task.name} {name} memory {m}: naive {r.naive_time:.2f} s, augmented {aug}, final objective "
                       f"{r.aug_final:.4f} (target {r.target:.4f})", flush=True)
+
+
+def spectrum(model) -> None:
+    task = TASKS[2]
+    for name in ("camera", "coins"):
+        img = center_crop(load_image(name), 96)
+        y, mask = make_observation(img, task)
+        cfg = task_config(task)
+        _, naive = restore_naive(model, y, mask, cfg)
+        prob = make_problem(model, y, mask, cfg).to(torch.float64)
+        x = naive.x.detach().double()
+        state = {"z": prob.z0(x), "mu": None}
+
+        def grad(xx):
+            _, g, z, mu = input_gradient(prob.f, prob.loss, xx, state["z"], tol=1e-11, max_iter=500,
+                                         backward_tol=1e-11, backward_max_iter=500, mu0=state["mu"])
+            state["z"], state["mu"] = z, mu
+            return g
+
+        g0 = grad(x)
+        eps = 1e-3  # central differences of the float64 adjoint gradient: Hessian-vector products to O(eps^2)
+        hvp = lambda v: (grad(x + eps * v) - grad(x - eps * v)) / (2 * eps)  # noqa: E731
+        v0 = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        res = lanczos(hvp, v0, steps=40)
+        ritz, weights = res.ritz_values, res.weights
+        alpha = step_for_lam(task.lam)
+        bulk = float(weights[ritz < 2 * task.lam].sum())
+        print(f"{name} inpainting, Hessian of L at the naive solution (float64, ||grad L|| {float(g0.norm()):.3g}, "
+              f"{res.steps} Lanczos steps from a random vector): smallest Ritz values "
+              f"{[round(float(v), 3) for v in ritz[:4]]}, largest {[round(float(v), 2) for v in ritz[-3:]]}, "
+              f"max/min {res.condition_estimate:.0f}; weight of Ritz values below 2 lam = {2 * task.lam:g}: {bulk:.2f}; "
+              f"{int((ritz > 2 / alpha).sum())} Ritz values above 2 / alpha = {2 / alpha:.1f} (joint step "
+              f"alpha = {alpha:.3f} expands those directions)", flush=True)
+
+
+def prior_weight(model) -> None:
+    for lam in (0.1, 0.3, 1.0):
+        task = replace(TASKS[2], lam=lam)
+        for name in ("camera", "coins"):
+            img = center_crop(load_image(name), 96)
+            r = run_task(model, img, name, task, TaskConfig(), repeats=3)
+            aug = "not reached" if r.aug_time is None else f"{r.aug_time:.2f} s ({r.aug_nloss} iterations)"
+            speed = "" if r.speedup is None else f", speedup {r.speedup:.1f}x"
+            print(f"inpainting lam {lam:g}, {name}: naive {r.naive_time:.2f} s ({r.naive_nloss} steps), augmented "
+                  f"{aug}{speed}; final objective naive {r.extra['naive_final']:.4f} / augmented {r.aug_final:.4f}; "
+                  f"PSNR naive {r.psnr_naive:.2f} / augmented {r.psnr_augmented:.2f} dB", flush=True)
+
+
+def steps(model) -> None:
+    task = TASKS[2]
+    grid = ((step_for_lam(task.lam), 20), (0.2, 20), (0.2, 60), (0.1, 40), (0.1, 80), (1 / 30, 20), (1 / 30, 80))
+    for name in ("camera", "coins"):
+        img = center_crop(load_image(name), 96)
+        y, mask = make_observation(img, task)
+        cfg = task_config(task)
+        prob = make_problem(model, y, mask, cfg)
+        _, naive = restore_naive(model, y, mask, cfg)
+        target = float(prob.objective(naive.x).sum())
+        for alpha, m in grid:
+            c = replace(cfg, step_size=alpha, augmented=replace(cfg.augmented, solver_options={"m": m, "beta": 1.0}))
+            _, joint = restore_augmented(model, y, mask, c)
+            print(f"{name} inpainting, joint step {alpha:.3f}, Anderson memory {m}: final objective "
+                  f"{float(prob.objective(joint.x).sum()):.4f} (naive final {target:.4f}), relative residual "
+                  f"{float(joint.info.rel_residual.max()):.1e}", flush=True)
 
 
 def main() -> None:
