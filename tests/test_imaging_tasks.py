@@ -234,6 +234,50 @@ def test_fine_tuning_switches_the_activation_and_the_file_keeps_it(tmp_path: Pat
         DecoderConfig(activation="tanh")
 
 
+@pytest.mark.parametrize("backward", ["jfb", "implicit"])
+def test_joint_batch_loss_trains_the_decoder_through_the_joint_solve(backward: str):
+    """A batch restored by the augmented solve: the loss is finite and its gradient reaches the DEQ layer and the
+    head (the encoder's estimate only centres the prior and gets none)."""
+    from problems.imaging.model import DecoderConfig, DEQDecoder
+    from problems.imaging.train import Corruption, TrainConfig, corrupt, joint_batch_loss
+
+    torch.manual_seed(0)
+    model = DEQDecoder(DecoderConfig(channels=8, latent_channels=2, encoder_width=8, activation="softplus"))
+    p = torch.rand(2, 1, 16, 16)
+    y, m, _ = corrupt(p, np.random.default_rng(0), Corruption(p_clean=1.0, p_mask=1.0))
+    assert float(m.mean()) < 1.0
+    jb = joint_batch_loss(model, p, y, m, TrainConfig(joint_iters=4, joint_backward=backward, joint_residual_weight=1.0))
+    assert jb.jacobian_loss is None and 1 <= jb.steps <= 4 and torch.isfinite(jb.mse)
+    assert jb.residual_loss is not None and float(jb.residual_loss.detach()) > 0  # four iterations do not converge
+    (jb.mse + jb.residual_loss).backward()
+    for module in (model.layer.conv1, model.layer.inject, model.full_conv, model.out_conv):
+        g = module.weight.grad
+        assert g is not None and torch.isfinite(g).all() and float(g.abs().max()) > 0
+    assert all(q.grad is None for q in model.encoder.parameters())
+
+
+def test_training_through_the_joint_solve_writes_weights(tmp_path: Path):
+    """``joint_fraction = 1``: every batch goes through the joint solve; the weights change, are written with the
+    count of joint batches and load back. Bad joint options are named."""
+    from problems.imaging.model import DecoderConfig, DEQDecoder, save_decoder
+    from problems.imaging.train import TrainConfig, train_decoder
+
+    small = DecoderConfig(channels=8, latent_channels=2, encoder_width=8)
+    torch.manual_seed(0)
+    save_decoder(DEQDecoder(small), tmp_path / "init.safetensors")
+    cfg = TrainConfig(patch=16, batch=2, steps=2, minutes=5, fwd_max_iter=5, bwd_max_iter=5, joint_fraction=1.0,
+                      joint_iters=3, init=str(tmp_path / "init.safetensors"))
+    summary = train_decoder(cfg, small, str(tmp_path / "joint.safetensors"), log=False)
+    assert summary["joint_batches"] == 2
+    before, after = load_decoder(tmp_path / "init.safetensors"), load_decoder(tmp_path / "joint.safetensors")
+    assert not torch.equal(before.head_conv.weight, after.head_conv.weight)
+    assert torch.equal(before.encoder[0].weight, after.encoder[0].weight)  # joint batches do not train the encoder
+    for bad, match in (({"joint_fraction": 1.5}, "joint_fraction"), ({"joint_iters": 0}, "joint_iters"),
+                       ({"joint_backward": "unroll"}, "joint_backward"), ({"joint_residual_weight": -1}, "residual")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad)
+
+
 def test_softplus_decoder_is_smooth_and_tends_to_relu():
     """The softplus activation has a continuous derivative at 0 (relu's jumps by 1), the layer and the head use
     the configured activation, and a large beta gives the relu decoder back."""

@@ -20,10 +20,12 @@ import typer
 from torch import Tensor
 
 import fpntools
+from fpntools.augmented import AugmentedMap, augmented_solve
 from problems.imaging.data import TEST_IMAGES, TRAIN_IMAGES, PatchSampler, center_crop, load_image, psnr
 from problems.imaging.model import DEFAULT_WEIGHTS, DecoderConfig, DEQDecoder, save_decoder
+from problems.imaging.tasks import AUGMENTED_DEFAULT, ANDERSON_MEMORY, LatentProblem, lam_for_sigma, step_for_lam
 
-__all__ = ["TrainConfig", "Corruption", "corrupt", "heldout_psnr", "train_decoder"]
+__all__ = ["TrainConfig", "Corruption", "corrupt", "heldout_psnr", "JointBatch", "joint_batch_loss", "train_decoder"]
 
 
 @dataclass
@@ -31,7 +33,15 @@ class TrainConfig:
     """Training options (wall-clock budget ``minutes``; ``steps`` caps the number of batches). ``jac_weight``
     > 0 adds the Jacobian penalty ``jac_weight * ||J_f(z*)||_F^2 / N`` (Bai, Koltun, Kolter 2021; one Hutchinson
     sample, applied with probability ``jac_prob`` per batch), which keeps the equilibrium easy to solve.
-    ``activation`` (with ``init``) switches the loaded weights to another activation before fine-tuning."""
+    ``activation`` (with ``init``) switches the loaded weights to another activation before fine-tuning.
+
+    Training through the joint fixed point (Gurumurthy et al.): a fraction ``joint_fraction`` of the batches are
+    inpainting observations (every patch has missing blocks, no noise) restored by the augmented solve itself --
+    the latent problem of :mod:`problems.imaging.tasks` with the prior weight of noiseless inpainting, started at
+    the encoder's estimate, ``joint_iters`` joint iterations after the settle stage -- and the loss is
+    ``mean ||h(z_K) - p||^2`` of the joint solve's end point, differentiated by ``joint_backward`` (``"jfb"``:
+    one differentiated application of the joint map; ``"implicit"``: the implicit backward of the joint fixed
+    point, second order). The decoder learns latent problems that the joint solve finishes in ``joint_iters``."""
 
     patch: int = 32
     batch: int = 32
@@ -50,6 +60,21 @@ class TrainConfig:
     jac_weight: float = 0.0
     jac_prob: float = 1.0
     activation: str | None = None
+    joint_fraction: float = 0.0
+    joint_iters: int = 50
+    joint_backward: str = "jfb"
+    joint_residual_weight: float = 0.0
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.joint_fraction <= 1.0:
+            raise ValueError(f"joint_fraction must lie in [0, 1], got {self.joint_fraction}")
+        if self.joint_iters < 1:
+            raise ValueError(f"joint_iters must be at least 1, got {self.joint_iters}")
+        if self.joint_residual_weight < 0:
+            raise ValueError(f"joint_residual_weight must be nonnegative, got {self.joint_residual_weight}")
+        if self.joint_backward not in ("jfb", "implicit"):
+            raise ValueError(f"joint_backward must be 'jfb' or 'implicit', got {self.joint_backward!r}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +105,58 @@ def corrupt(p: Tensor, rng: np.random.Generator, c: Corruption = Corruption()) -
     m = torch.from_numpy(mask).to(p.dtype)
     noise = torch.from_numpy(rng.standard_normal(p.shape)).to(p.dtype)
     return (p + s.view(-1, 1, 1, 1) * noise) * m, m, s
+
+
+@dataclass
+class JointBatch:
+    """Loss terms of a batch restored by the joint solve: ``mse`` of ``h(z_K)`` against the clean patches, the
+    Jacobian penalty (or ``None``), the squared joint residual ``||G(s_K) - s_K||^2 / N`` at the end state (or
+    ``None`` when not asked for), and the joint steps taken."""
+
+    mse: Tensor
+    jacobian_loss: Tensor | None
+    residual_loss: Tensor | None
+    steps: int
+
+
+def joint_batch_loss(
+    model: DEQDecoder, p: Tensor, y: Tensor, m: Tensor, cfg: TrainConfig, penalty=None
+) -> JointBatch:
+    """Loss terms of one batch restored by the augmented joint solve (noiseless inpainting observations ``y``,
+    known pixels ``m``, clean patches ``p``).
+
+    The prior is centred on the encoder's (detached) estimate with weight ``lam_for_sigma(0)``; gradients reach
+    the decoder through ``cfg.joint_backward``. With ``cfg.joint_residual_weight > 0`` the joint map ``G`` is
+    applied once more at the (detached) end state ``s_K = (z, x, mu)``, differentiably in the weights, and
+    ``||G(s_K) - s_K||^2 / N`` (DEQ, adjoint and ``alpha``-scaled input-gradient residuals) is returned: a
+    penalty on joint solves that have not converged after ``joint_iters`` iterations."""
+    from fpntools import Implicit
+
+    with torch.no_grad():
+        x_hat = model.encode(y, m, 0.0)
+    lam = lam_for_sigma(0.0)
+    alpha = step_for_lam(lam)
+    prob = LatentProblem(model, y, m, lam=lam, x_prior=x_hat)
+    backward = Implicit(tol=1e-4, max_iter=50) if cfg.joint_backward == "implicit" else "jfb"
+    solver_cfg = replace(
+        AUGMENTED_DEFAULT, step_size=alpha, max_iter=cfg.joint_iters, backward=backward,
+        solver_options={**AUGMENTED_DEFAULT.solver_options, "m": ANDERSON_MEMORY["inpaint"]}, jacobian_penalty=penalty,
+    )
+    res = augmented_solve(prob.f, prob.loss, x_hat, prob.z0(x_hat), None, solver_cfg)
+    mse = ((model.head(res.z) - p) ** 2).mean()
+    residual = None
+    if cfg.joint_residual_weight > 0:
+        z, x, mu = res.z.detach(), res.x.detach(), res.mu.detach()
+        ev = AugmentedMap(prob.f, prob.loss, alpha).evaluate(z, x, mu)
+        sq = (ev.fz - z).pow(2).sum() + (ev.mu_next - mu).pow(2).sum() + (alpha * ev.grad_x).pow(2).sum()
+        residual = cfg.joint_residual_weight * sq / z.numel()
+    return JointBatch(mse, res.jacobian_loss, residual, int(res.info.steps.max()))
+
+
+def _ema(avg: float | None, value: Tensor, decay: float) -> float:
+    """Exponential moving average for progress lines (``value`` detached)."""
+    v = float(value.detach())
+    return v if avg is None else decay * avg + (1 - decay) * v
 
 
 def heldout_psnr(model: DEQDecoder, deq: fpntools.FixedPoint, sigma: float = 0.0, size: int = 96) -> float:
@@ -140,12 +217,13 @@ def train_decoder(
     t0 = time.perf_counter()
     budget = cfg.minutes * 60
     step = 0
-    ema = None
+    ema = joint_ema = res_ema = None
+    n_joint = joint_steps = 0
     last_save = t0
 
     def summary() -> dict:
         return {
-            "steps": step, "total_steps": prior_steps + step, "patches": step * cfg.batch,
+            "steps": step, "total_steps": prior_steps + step, "patches": step * cfg.batch, "joint_batches": n_joint,
             "seconds": round(time.perf_counter() - t0, 1), "train": asdict(cfg), "corruption": asdict(corruption),
         }
 
@@ -154,28 +232,44 @@ def train_decoder(
         for g in opt.param_groups:
             g["lr"] = cfg.lr * (0.1 if frac > 0.85 else 1.0)
         p = sampler.sample(cfg.batch)
-        y, m, s = corrupt(p, rng, corruption)
-        x = model.encode(y, m, s)
-        z, info = deq(x, z0=model.initial_state(x))
-        rec = model.head(z)
-        mse = ((rec - p) ** 2).mean()
-        loss = mse + cfg.latent_weight * (x**2).mean()
-        if info.jacobian_loss is not None:
-            loss = loss + info.jacobian_loss
+        joint = cfg.joint_fraction > 0 and rng.random() < cfg.joint_fraction
+        if joint:  # through the augmented joint solve, on noiseless inpainting observations
+            y, m, _ = corrupt(p, rng, replace(corruption, p_clean=1.0, p_mask=1.0))
+            jb = joint_batch_loss(model, p, y, m, cfg, penalty)
+            mse, joint_steps = jb.mse, jb.steps
+            loss = mse + sum(t for t in (jb.jacobian_loss, jb.residual_loss) if t is not None)
+            if jb.residual_loss is not None:
+                res_ema = _ema(res_ema, jb.residual_loss, 0.95)
+            n_joint += 1
+            joint_ema = _ema(joint_ema, mse, 0.95)
+        else:
+            y, m, s = corrupt(p, rng, corruption)
+            x = model.encode(y, m, s)
+            z, info = deq(x, z0=model.initial_state(x))
+            rec = model.head(z)
+            mse = ((rec - p) ** 2).mean()
+            loss = mse + cfg.latent_weight * (x**2).mean()
+            if info.jacobian_loss is not None:
+                loss = loss + info.jacobian_loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        m = float(mse.detach())
-        ema = m if ema is None else 0.98 * ema + 0.02 * m
-        if log and step % 100 == 0:
-            print(
-                f"step {step} {time.perf_counter() - t0:.0f}s mse {ema:.5f} ({-10 * np.log10(ema):.2f} dB) "
-                f"fwd steps {int(info.steps.max())} |x| {float(x.detach().pow(2).mean()):.3f}"
-                + ("" if info.jacobian_loss is None else f" jac {float(info.jacobian_loss.detach()):.2e}"),
-                flush=True,
-            )
+        if not joint:
+            ema = _ema(ema, mse, 0.98)
+        if log and step % cfg.log_every == 0:
+            parts = [f"step {step} {time.perf_counter() - t0:.0f}s"]
+            if ema is not None:
+                parts.append(
+                    f"mse {ema:.5f} ({-10 * np.log10(ema):.2f} dB) fwd steps {int(info.steps.max())} "
+                    f"|x| {float(x.detach().pow(2).mean()):.3f}"
+                    + ("" if info.jacobian_loss is None else f" jac {float(info.jacobian_loss.detach()):.2e}")
+                )
+            if joint_ema is not None:
+                parts.append(f"{n_joint} joint batches: mse {joint_ema:.5f} ({-10 * np.log10(joint_ema):.2f} dB), "
+                             f"joint steps {joint_steps}" + ("" if res_ema is None else f", residual {res_ema:.2e}"))
+            print(" | ".join(parts), flush=True)
         if time.perf_counter() - last_save > cfg.save_every * 60:
             save_decoder(model, out, {"summary": summary()})
             last_save = time.perf_counter()
@@ -203,11 +297,21 @@ def main(
     activation: str = typer.Option(
         "", help="relu or softplus (default: relu, or that of the --init weights, which this switches)"
     ),
+    joint_fraction: float = typer.Option(0.0, help="fraction of batches trained through the joint solve (0: off)"),
+    joint_iters: int = typer.Option(TrainConfig.joint_iters, help="joint iterations per joint batch"),
+    joint_backward: str = typer.Option(TrainConfig.joint_backward, help="jfb or implicit"),
+    joint_residual_weight: float = typer.Option(
+        0.0, help="weight of the squared joint residual at the end of each joint batch (0: off)"
+    ),
+    log_every: int = typer.Option(TrainConfig.log_every, help="print a progress line every this many batches"),
 ) -> None:
     """Train the DEQ patch decoder."""
     train_decoder(
         TrainConfig(minutes=minutes, steps=steps, lr=lr, latent_weight=latent_weight, seed=seed, init=init or None,
-                    jac_weight=jac_weight, jac_prob=jac_prob, activation=activation or None),
+                    jac_weight=jac_weight, jac_prob=jac_prob, activation=activation or None,
+                    joint_fraction=joint_fraction, joint_iters=joint_iters, joint_backward=joint_backward,
+                    joint_residual_weight=joint_residual_weight,
+                    log_every=log_every),
         DecoderConfig(channels=channels, latent_channels=latent_channels, encoder_width=encoder_width,
                       activation=activation or "relu"),
         out,
