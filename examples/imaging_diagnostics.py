@@ -29,6 +29,9 @@ Sections:
   ``2 / alpha`` (directions in which the joint step is expansive, left to Anderson to stabilise).
 * ``prior_weight``: the inpainting benchmark rows at prior weights 0.1 (the benchmark's), 0.3 and 1 (time to the
   naive method's final objective, 3 runs): how the joint solve's reach depends on the conditioning.
+* ``validation_reach``: the inpainting benchmark row (one run) on each validation crop: naive steps and joint
+  iterations to the naive method's final objective, speedup, final objectives and PSNR; for choosing decoder
+  weights (e.g. checkpoints of training through the joint solve) without looking at the test crops.
 * ``steps``: camera and coins inpainting: final objective of the joint solve for joint steps 1 / (lam + 3), 0.2,
   0.1, 1/30 and Anderson memories 20 ... 80, against the naive method's final objective.
 """
@@ -72,7 +75,7 @@ from problems.imaging.train import Corruption, corrupt
 
 SECTIONS = (
     "conditioning", "encoder", "tv_oracle", "from_naive", "stagnation", "smoothness", "cost", "memory", "spectrum",
-    "prior_weight", "steps",
+    "prior_weight", "steps", "validation_reach",
 )
 
 
@@ -157,12 +160,16 @@ def _split(prob, x) -> tuple[float, float]:
         return float(0.5 * r.pow(2).sum()), float(0.5 * prob.lam * (x - prob.x_prior).pow(2).sum())
 
 
-def stagnation(model) -> None:
+def _inpainting_cases():
+    """``(name, y, mask, cfg)`` of the benchmark's inpainting task on the camera and coins test crops."""
     task = TASKS[2]
     for name in ("camera", "coins"):
-        img = center_crop(load_image(name), 96)
-        y, mask = make_observation(img, task)
-        cfg = task_config(task)
+        y, mask = make_observation(center_crop(load_image(name), 96), task)
+        yield name, y, mask, task_config(task)
+
+
+def stagnation(model) -> None:
+    for name, y, mask, cfg in _inpainting_cases():
         prob = make_problem(model, y, mask, cfg)
         _, naive = restore_naive(model, y, mask, cfg)
         _, joint = restore_augmented(model, y, mask, cfg)
@@ -267,10 +274,7 @@ def memory(model) -> None:
 
 def spectrum(model) -> None:
     task = TASKS[2]
-    for name in ("camera", "coins"):
-        img = center_crop(load_image(name), 96)
-        y, mask = make_observation(img, task)
-        cfg = task_config(task)
+    for name, y, mask, cfg in _inpainting_cases():
         _, naive = restore_naive(model, y, mask, cfg)
         prob = make_problem(model, y, mask, cfg).to(torch.float64)
         x = naive.x.detach().double()
@@ -314,10 +318,7 @@ def prior_weight(model) -> None:
 def steps(model) -> None:
     task = TASKS[2]
     grid = ((step_for_lam(task.lam), 20), (0.2, 20), (0.2, 60), (0.1, 40), (0.1, 80), (1 / 30, 20), (1 / 30, 80))
-    for name in ("camera", "coins"):
-        img = center_crop(load_image(name), 96)
-        y, mask = make_observation(img, task)
-        cfg = task_config(task)
+    for name, y, mask, cfg in _inpainting_cases():
         prob = make_problem(model, y, mask, cfg)
         _, naive = restore_naive(model, y, mask, cfg)
         target = float(prob.objective(naive.x).sum())
@@ -327,6 +328,20 @@ def steps(model) -> None:
             print(f"{name} inpainting, joint step {alpha:.3f}, Anderson memory {m}: final objective "
                   f"{float(prob.objective(joint.x).sum()):.4f} (naive final {target:.4f}), relative residual "
                   f"{float(joint.info.rel_residual.max()):.1e}", flush=True)
+
+
+def validation_reach(model) -> None:
+    ratios = []
+    for name, img in validation_crops(96):
+        r = run_task(model, img, name, TASKS[2], TaskConfig(), repeats=1)
+        ratios.append(float("inf") if r.aug_nloss is None else r.aug_nloss / max(r.naive_nloss, 1))
+        aug = "not reached" if r.aug_time is None else f"{r.aug_nloss} iterations, {r.aug_time:.2f} s, {r.speedup:.2f}x"
+        print(f"inpainting {name}: naive {r.naive_nloss} steps, {r.naive_time:.2f} s; augmented {aug}; final objective "
+              f"{r.extra['naive_final']:.4f} / {r.aug_final:.4f}; PSNR {r.psnr_naive:.2f} / {r.psnr_augmented:.2f} dB",
+              flush=True)
+    reached = sum(np.isfinite(ratios))
+    print(f"reached on {reached} of {len(ratios)} crops; median joint iterations / naive steps "
+          f"{float(np.median(ratios)):.2f}", flush=True)
 
 
 def main() -> None:
