@@ -239,6 +239,7 @@ def test_joint_batch_loss_trains_the_decoder_through_the_joint_solve(backward: s
     """A batch restored by the augmented solve: the loss is finite and its gradient reaches the DEQ layer and the
     head (the encoder's estimate only centres the prior and gets none)."""
     from problems.imaging.model import DecoderConfig, DEQDecoder
+    from problems.imaging.tasks import lam_for_sigma, step_for_lam
     from problems.imaging.train import Corruption, TrainConfig, corrupt, joint_batch_loss
 
     torch.manual_seed(0)
@@ -249,6 +250,11 @@ def test_joint_batch_loss_trains_the_decoder_through_the_joint_solve(backward: s
     jb = joint_batch_loss(model, p, y, m, TrainConfig(joint_iters=4, joint_backward=backward, joint_residual_weight=1.0))
     assert jb.jacobian_loss is None and 1 <= jb.steps <= 4 and torch.isfinite(jb.mse)
     assert jb.residual_loss is not None and float(jb.residual_loss.detach()) > 0  # four iterations do not converge
+    # the penalty is the squared joint residual at the end state: DEQ, adjoint and alpha-scaled gradient parts
+    r, alpha = jb.result, step_for_lam(lam_for_sigma(0.0))
+    squared = (r.deq_residual**2 + r.adjoint_residual**2 + (alpha * r.grad_norm) ** 2).sum()
+    n = r.z.numel()
+    torch.testing.assert_close(jb.residual_loss.detach() * n, squared, rtol=1e-4, atol=1e-10)
     (jb.mse + jb.residual_loss).backward()
     for module in (model.layer.conv1, model.layer.inject, model.full_conv, model.out_conv):
         g = module.weight.grad

@@ -20,7 +20,7 @@ import typer
 from torch import Tensor
 
 import fpntools
-from fpntools.augmented import AugmentedMap, augmented_solve
+from fpntools.augmented import AugmentedMap, AugmentedResult, augmented_solve
 from problems.imaging.data import TEST_IMAGES, TRAIN_IMAGES, PatchSampler, center_crop, load_image, psnr
 from problems.imaging.model import DEFAULT_WEIGHTS, DecoderConfig, DEQDecoder, save_decoder
 from problems.imaging.tasks import AUGMENTED_DEFAULT, ANDERSON_MEMORY, LatentProblem, lam_for_sigma, step_for_lam
@@ -111,12 +111,14 @@ def corrupt(p: Tensor, rng: np.random.Generator, c: Corruption = Corruption()) -
 class JointBatch:
     """Loss terms of a batch restored by the joint solve: ``mse`` of ``h(z_K)`` against the clean patches, the
     Jacobian penalty (or ``None``), the squared joint residual ``||G(s_K) - s_K||^2 / N`` at the end state (or
-    ``None`` when not asked for), and the joint steps taken."""
+    ``None`` when not asked for), the joint steps taken and the solve's :class:`AugmentedResult` (residuals at
+    the end state)."""
 
     mse: Tensor
     jacobian_loss: Tensor | None
     residual_loss: Tensor | None
     steps: int
+    result: AugmentedResult
 
 
 def joint_batch_loss(
@@ -150,7 +152,7 @@ def joint_batch_loss(
         ev = AugmentedMap(prob.f, prob.loss, alpha).evaluate(z, x, mu)
         sq = (ev.fz - z).pow(2).sum() + (ev.mu_next - mu).pow(2).sum() + (alpha * ev.grad_x).pow(2).sum()
         residual = cfg.joint_residual_weight * sq / z.numel()
-    return JointBatch(mse, res.jacobian_loss, residual, int(res.info.steps.max()))
+    return JointBatch(mse, res.jacobian_loss, residual, int(res.info.steps.max()), res)
 
 
 def _ema(avg: float | None, value: Tensor, decay: float) -> float:
