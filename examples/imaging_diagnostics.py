@@ -191,10 +191,7 @@ def stagnation(model) -> None:
 
 
 def smoothness(model) -> None:
-    task = TASKS[2]
-    img = center_crop(load_image("camera"), 96)
-    y, mask = make_observation(img, task)
-    cfg = task_config(task)
+    _, y, mask, cfg = next(_inpainting_cases())  # camera
     _, joint = restore_augmented(model, y, mask, cfg)
     prob = make_problem(model, y, mask, cfg).to(torch.float64)
     x = joint.x.detach().double()
@@ -224,10 +221,8 @@ def _ms(fn, n: int = 30) -> float:
 
 
 def cost(model) -> None:
-    task = TASKS[2]
-    img = center_crop(load_image("camera"), 96)
-    y, mask = make_observation(img, task)
-    prob = make_problem(model, y, mask, task_config(task))
+    _, y, mask, cfg = next(_inpainting_cases())  # camera
+    prob = make_problem(model, y, mask, cfg)
     x = prob.x0()
     z = solve_equilibrium(prob.f, x, prob.z0(x))
     mu = torch.randn_like(z)

@@ -65,10 +65,9 @@ def lanczos(matvec: Callable[[Tensor], Tensor], v0: Tensor, steps: int, breakdow
             raise ValueError(f"matvec must preserve the shape {tuple(v.shape)}, got {tuple(w.shape)}")
         a = float((w * v).sum())
         alphas.append(a)
-        for u in basis:  # full reorthogonalisation (twice is enough, Kahan-Parlett)
-            w = w - (w * u).sum() * u
-        for u in basis:
-            w = w - (w * u).sum() * u
+        for _ in range(2):  # full reorthogonalisation, twice (twice is enough: Kahan-Parlett)
+            for u in basis:
+                w = w - (w * u).sum() * u
         b = float(torch.linalg.vector_norm(w))
         scale = max(scale, abs(a), b)
         if b <= breakdown_tol * max(scale, 1e-300) or len(alphas) == steps:

@@ -41,6 +41,7 @@ __all__ = [
     "AUGMENTED_DEFAULT",
     "NAIVE_DEFAULT",
     "restore_augmented",
+    "joint_config",
     "restore_naive",
     "restore_amortized",
     "keep_known",
@@ -241,19 +242,26 @@ def restore_amortized(model: DEQDecoder, y: np.ndarray, mask: np.ndarray | None,
     return unshift_mean(prob.image(prob.x_prior), y.shape)
 
 
+def joint_config(cfg: TaskConfig, inpainting: bool) -> AugmentedConfig:
+    """The joint solver's settings for a task: ``cfg.augmented`` with the latent step ``cfg.step_size`` (default
+    :func:`step_for_lam`) and, for Anderson without an explicit ``m``, the memory :data:`ANDERSON_MEMORY` of
+    the task kind (``inpainting``: a mask is given)."""
+    step = step_for_lam(cfg.lam) if cfg.step_size is None else cfg.step_size
+    options = dict(cfg.augmented.solver_options)
+    if cfg.augmented.solver == "anderson":
+        options.setdefault("m", ANDERSON_MEMORY["inpaint" if inpainting else "denoise"])
+    return replace(cfg.augmented, step_size=step, solver_options=options)
+
+
 def restore_augmented(
     model: DEQDecoder, y: np.ndarray, mask: np.ndarray | None, cfg: TaskConfig, counter: Counter | None = None
 ) -> tuple[np.ndarray, AugmentedResult]:
     """Restore ``y`` (``mask``: known pixels) by the augmented joint fixed point; returns the image and result."""
     prob = make_problem(model, y, mask, cfg)
     x0 = prob.x0()
-    step = step_for_lam(cfg.lam) if cfg.step_size is None else cfg.step_size
-    options = dict(cfg.augmented.solver_options)
-    if cfg.augmented.solver == "anderson":
-        options.setdefault("m", ANDERSON_MEMORY["denoise" if mask is None else "inpaint"])
-    solver_cfg = replace(cfg.augmented, step_size=step, solver_options=options)
     with torch.no_grad():
-        res = augmented_solve(prob.f, prob.loss, x0, prob.z0(x0), None, solver_cfg, counter=counter)
+        res = augmented_solve(prob.f, prob.loss, x0, prob.z0(x0), None, joint_config(cfg, mask is not None),
+                              counter=counter)
     return unshift_mean(prob.image(res.x), y.shape), res
 
 

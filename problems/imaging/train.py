@@ -23,7 +23,7 @@ import fpntools
 from fpntools.augmented import AugmentedMap, AugmentedResult, augmented_solve
 from problems.imaging.data import TEST_IMAGES, TRAIN_IMAGES, PatchSampler, center_crop, load_image, psnr
 from problems.imaging.model import DEFAULT_WEIGHTS, DecoderConfig, DEQDecoder, save_decoder
-from problems.imaging.tasks import AUGMENTED_DEFAULT, ANDERSON_MEMORY, LatentProblem, lam_for_sigma, step_for_lam
+from problems.imaging.tasks import LatentProblem, TaskConfig, joint_config, lam_for_sigma
 
 __all__ = ["TrainConfig", "Corruption", "corrupt", "heldout_psnr", "JointBatch", "joint_batch_loss", "train_decoder"]
 
@@ -132,18 +132,14 @@ def joint_batch_loss(
     applied once more at the (detached) end state ``s_K = (z, x, mu)``, differentiably in the weights, and
     ``||G(s_K) - s_K||^2 / N`` (DEQ, adjoint and ``alpha``-scaled input-gradient residuals) is returned: a
     penalty on joint solves that have not converged after ``joint_iters`` iterations."""
-    from fpntools import Implicit
-
     with torch.no_grad():
         x_hat = model.encode(y, m, 0.0)
-    lam = lam_for_sigma(0.0)
-    alpha = step_for_lam(lam)
-    prob = LatentProblem(model, y, m, lam=lam, x_prior=x_hat)
-    backward = Implicit(tol=1e-4, max_iter=50) if cfg.joint_backward == "implicit" else "jfb"
-    solver_cfg = replace(
-        AUGMENTED_DEFAULT, step_size=alpha, max_iter=cfg.joint_iters, backward=backward,
-        solver_options={**AUGMENTED_DEFAULT.solver_options, "m": ANDERSON_MEMORY["inpaint"]}, jacobian_penalty=penalty,
-    )
+    task = TaskConfig(lam=lam_for_sigma(0.0))
+    prob = LatentProblem(model, y, m, lam=task.lam, x_prior=x_hat)
+    backward = fpntools.Implicit(tol=1e-4, max_iter=50) if cfg.joint_backward == "implicit" else "jfb"
+    solver_cfg = replace(joint_config(task, inpainting=True), max_iter=cfg.joint_iters, backward=backward,
+                         jacobian_penalty=penalty)
+    alpha = solver_cfg.step_size
     res = augmented_solve(prob.f, prob.loss, x_hat, prob.z0(x_hat), None, solver_cfg)
     mse = ((model.head(res.z) - p) ** 2).mean()
     residual = None
