@@ -40,13 +40,17 @@ class _LazyGroup(TyperGroup):
         return typer.main.get_command(sub)
 
     def invoke(self, ctx):  # type: ignore[override]
+        from fpntools.cli_support import EXIT_NOT_USABLE, EXIT_USER_ERROR, NotUsableError
         from fpntools.errors import UserInputError
 
         try:
             return super().invoke(ctx)
         except UserInputError as exc:  # bad user input: one line on stderr, exit code 2, no traceback
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except NotUsableError as exc:  # computed, but the result must not be used: exit code 3
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_NOT_USABLE) from None
 
 
 app = typer.Typer(
