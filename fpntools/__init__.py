@@ -7,6 +7,7 @@ from fpntools.backward import JFB, BackwardMode, Implicit, ImplicitCG, Phantom, 
 from fpntools.fixed_point import FixedPoint, fixed_point
 from fpntools.info import FixedPointError, FixedPointInfo, Status
 from fpntools.solvers import KM, Anderson, Broyden, FixedPointSolver, Picard
+from fpntools.solve_config import JacobianRegConfig, SolveConfig, make_fixed_point
 
 __version__ = "0.1.0"
 
@@ -19,12 +20,15 @@ __all__ = [
     "FixedPointInfo",
     "FixedPointSolver",
     "Implicit",
+    "JacobianRegConfig",
     "ImplicitCG",
     "JFB",
     "KM",
     "Phantom",
     "Picard",
+    "SolveConfig",
     "Status",
     "Unroll",
     "fixed_point",
+    "make_fixed_point",
 ]

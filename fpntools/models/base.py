@@ -1,4 +1,5 @@
-"""Pieces shared by the model zoo: the output record, the solve configuration and input checks.
+"""Pieces shared by the model zoo: the output record and input checks (the solve configuration,
+:class:`~fpntools.solve_config.SolveConfig`, lives beside ``fixed_point`` and is re-exported here).
 
 Every zoo model returns a :class:`ZooOutput`: the prediction (``logits``), the
 :class:`~fpntools.info.FixedPointInfo` of each equilibrium solve it ran, and an auxiliary loss (the Jacobian
@@ -7,7 +8,7 @@ penalty of Bai, Koltun & Kolter 2021 when it is switched on) that the training l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from fpntools.errors import UserInputError
 from fpntools.fixed_point import FixedPoint
 from fpntools.info import FixedPointInfo
+from fpntools.solve_config import JacobianRegConfig, SolveConfig, make_fixed_point
 
 __all__ = [
     "ZooOutput",
@@ -50,97 +52,6 @@ class ZooOutput:
         if not self.infos:
             return 0.0
         return float(sum(i.steps.float().mean() for i in self.infos) / len(self.infos))
-
-
-@dataclass
-class JacobianRegConfig:
-    """Jacobian regularisation (Bai, Koltun & Kolter 2021) as a training option.
-
-    The penalty is ``weight * ||J_f(z*)||_F^2 / d`` estimated by Hutchinson's estimator with ``n_samples``
-    Gaussian probes, ``||J||_F^2 = E_eps ||eps^T J||^2``, applied at a training step with probability
-    ``prob`` (the paper's "apply with frequency" schedule). ``weight`` may ramp in linearly over
-    ``warmup_steps`` steps. ``weight = 0`` switches it off. Built by :func:`make_fixed_point` with
-    :class:`fpntools.regularization.JacobianPenalty`.
-    """
-
-    weight: float = 0.0
-    prob: float = 1.0
-    n_samples: int = 1
-    warmup_steps: int = 0
-
-    def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"Jacobian penalty weight must be >= 0, got {self.weight}")
-        if not 0.0 < self.prob <= 1.0:
-            raise ValueError(f"Jacobian penalty probability must lie in (0, 1], got {self.prob}")
-        if self.n_samples < 1:
-            raise ValueError(f"Jacobian penalty n_samples must be >= 1, got {self.n_samples}")
-
-
-@dataclass
-class SolveConfig:
-    """How an equilibrium layer is solved and differentiated (arguments of :class:`~fpntools.FixedPoint`).
-
-    ``backward`` is ``"implicit"`` (implicit function theorem, adjoint solved by Anderson to ``backward_tol``
-    in at most ``backward_max_iter`` iterations), ``"implicit_cg"`` (the same gradient, adjoint solved by
-    conjugate gradient on the normal equations with the same tolerance and budget), ``"jfb"``
-    (Jacobian-free backpropagation), ``"phantom"`` or ``"unroll"``. ``eval_tol`` / ``eval_max_iter`` apply in
-    eval mode. ``jacobian`` configures the optional Jacobian penalty.
-    """
-
-    solver: str = "anderson"
-    backward: str = "implicit"
-    tol: float = 1e-3
-    max_iter: int = 30
-    backward_tol: float = 1e-4
-    backward_max_iter: int = 30
-    eval_tol: float | None = None
-    eval_max_iter: int | None = None
-    anderson_m: int = 5
-    jacobian: JacobianRegConfig = field(default_factory=JacobianRegConfig)
-
-    def with_(self, **changes: Any) -> "SolveConfig":
-        """A copy with some fields changed (``cfg.with_(backward="jfb")``)."""
-        return replace(self, **changes)
-
-
-def _make_penalty(cfg: JacobianRegConfig) -> Any:
-    if cfg.weight == 0.0:
-        return None
-    try:
-        from fpntools.regularization import JacobianPenalty
-    except ImportError as exc:  # the regularization module is a separate part of the toolbox
-        raise RuntimeError("Jacobian regularisation needs fpntools.regularization.JacobianPenalty") from exc
-    kwargs: dict[str, Any] = {"weight": cfg.weight, "p": cfg.prob, "n_samples": cfg.n_samples}
-    if cfg.warmup_steps > 0:
-        kwargs.update(schedule="linear", warmup_steps=cfg.warmup_steps)
-    return JacobianPenalty(**kwargs)
-
-
-def make_fixed_point(layer: nn.Module, cfg: SolveConfig) -> FixedPoint:
-    """A :class:`~fpntools.FixedPoint` module around ``layer`` configured by ``cfg``."""
-    from fpntools.backward import Implicit, ImplicitCG, make_backward
-    from fpntools.solvers import Anderson, make_solver
-
-    solver = Anderson(m=cfg.anderson_m) if cfg.solver == "anderson" else make_solver(cfg.solver)
-    if cfg.backward == "implicit":
-        backward: Any = Implicit(
-            solver=Anderson(m=cfg.anderson_m), tol=cfg.backward_tol, max_iter=cfg.backward_max_iter
-        )
-    elif cfg.backward == "implicit_cg":
-        backward = ImplicitCG(tol=cfg.backward_tol, max_iter=cfg.backward_max_iter)
-    else:
-        backward = make_backward(cfg.backward)
-    return FixedPoint(
-        layer,
-        solver=solver,
-        backward=backward,
-        tol=cfg.tol,
-        max_iter=cfg.max_iter,
-        eval_tol=cfg.eval_tol,
-        eval_max_iter=cfg.eval_max_iter,
-        jacobian_penalty=_make_penalty(cfg.jacobian),
-    )
 
 
 def collect(infos: Sequence[FixedPointInfo]) -> Tensor | None:
