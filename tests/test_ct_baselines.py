@@ -18,7 +18,7 @@ from problems.ct.baselines import (
     tv_reconstruct,
 )
 from problems.ct.geometry import CTGeometry
-from problems.ct.metrics import psnr
+from fpntools.metrics import psnr
 from problems.ct.phantoms import CTDataConfig, EllipseConfig, make_dataset, random_ellipses, shepp_logan, simulate
 from problems.ct.projector import ct_operator
 

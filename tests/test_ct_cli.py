@@ -122,7 +122,7 @@ def test_cli_errors(tmp_path) -> None:
 
 
 def test_shipped_weights_reconstruct_default_geometry(tmp_path) -> None:
-    from problems.ct.metrics import psnr
+    from fpntools.metrics import psnr
     from problems.ct.phantoms import random_ellipses, simulate
     from problems.ct.projector import ct_operator
     from problems.ct.train import shipped_weights

@@ -172,7 +172,7 @@ def test_precomputed_reference_gives_the_same_reconstruction(problem, reference)
 
 def test_tv_reference_is_better_than_fbp(problem) -> None:
     op, x, y = problem
-    from problems.ct.metrics import psnr
+    from fpntools.metrics import psnr
 
     T_fbp = CTFeasibilityOperator(op, FFPNConfig(reference="fbp"), G)
     T_tv = CTFeasibilityOperator(op, FFPNConfig(reference="tv", reference_tv_iters=40), G)

@@ -35,7 +35,7 @@ from fpntools.operators.linear import LinearOperator
 from fpntools.operators.linear import divergence as fd_divergence
 from fpntools.operators.linear import gradient as fd_gradient
 from problems.ct.geometry import CTGeometry
-from problems.ct.metrics import psnr
+from fpntools.metrics import psnr
 
 __all__ = [
     "FBP_FILTERS",

@@ -210,7 +210,7 @@ def reconstruct(
     origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
 ) -> None:
     """Reconstruct images from sinograms."""
-    from problems.ct.metrics import psnr, ssim
+    from fpntools.metrics import psnr, ssim
     from problems.ct.projector import ct_operator
 
     g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
@@ -310,7 +310,7 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
-    from problems.ct.metrics import psnr, ssim
+    from fpntools.metrics import psnr, ssim
     from problems.ct.phantoms import CTDataConfig, make_dataset
     from problems.ct.projector import ct_operator
 

@@ -31,7 +31,7 @@ from fpntools.errors import UserInputError
 from fpntools.training.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from problems.ct.ffpn import FFPNConfig, build_model
 from problems.ct.geometry import CTGeometry
-from problems.ct.metrics import psnr
+from fpntools.metrics import psnr
 from problems.ct.phantoms import CTData, CTDataConfig, make_dataset
 from problems.ct.projector import ct_operator
 
