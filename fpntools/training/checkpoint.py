@@ -9,49 +9,18 @@ Checkpoints are read with ``torch.load(..., weights_only=True)``: no pickled cod
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import torch
+
+from fpntools.atomic_io import atomic_write, atomic_write_bytes  # re-exported (torch-free home)
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write", "atomic_write_bytes"]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint or weights file is missing, unreadable or does not hold what was expected."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
-    """Call ``write(fh)`` on a temporary file beside ``path``, fsync it and move it onto ``path`` atomically.
-
-    On any error the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (all or nothing)."""
-    atomic_write(path, lambda fh: fh.write(data))
 
 
 def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
