@@ -154,6 +154,20 @@ def test_bad_input_errors():
         Anderson(m=0)
 
 
+def test_tol_zero_runs_exactly_max_iter_steps_and_returns_the_last_iterate():
+    """``tol=0`` (``SolveConfig.unrolled``): f^K(z0) exactly, differentiable through every step; the negative
+    tolerance is still an error."""
+    w = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    z0 = torch.zeros(3, 2, dtype=torch.float64)
+    z, info = fpntools.fixed_point(lambda z: w * z + 1, z0, "picard", backward="unroll", tol=0.0, max_iter=3)
+    assert info.steps.tolist() == [3, 3, 3]
+    torch.testing.assert_close(z, torch.full_like(z0, 1.75))  # 1 + w + w^2, not the best measured iterate
+    (g,) = torch.autograd.grad(z.sum(), w)
+    assert float(g) == pytest.approx(6 * (1 + 2 * 0.5))  # d/dw (1 + w + w^2) per entry
+    with pytest.raises(ValueError, match="tol must be >= 0"):
+        fpntools.fixed_point(lambda z: z, z0, tol=-1.0)
+
+
 class _NoInit(nn.Module):
     def forward(self, z, x):
         return 0.5 * z + x

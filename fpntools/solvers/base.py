@@ -79,14 +79,20 @@ class FixedPointSolver(ABC):
     ) -> SolverResult:
         """Iterate until every sample stopped or ``max_iter`` evaluations of ``g`` were spent.
 
+        ``tol = 0`` runs a fixed number of steps (an unrolled network): every sample that stays finite and
+        does not diverge takes exactly ``max_iter`` steps and the result is the last iterate
+        ``z_K = step(z_{K-1}, f(z_{K-1}))`` (``f^K(z_0)`` for Picard), not the best measured one; the
+        residuals reported are those of the best measured iterate, as always.
+
         Runs with autograd exactly as the caller's grad mode says (unrolled differentiation needs it on).
         """
         if stop_mode not in ("rel", "abs"):
             raise ValueError(f"stop_mode must be 'rel' or 'abs', got {stop_mode!r}")
         if max_iter < 1:
             raise ValueError(f"max_iter must be at least 1, got {max_iter}")
-        if not tol > 0:
-            raise ValueError(f"tol must be positive, got {tol}")
+        if not tol >= 0:
+            raise ValueError(f"tol must be >= 0, got {tol}")
+        fixed_steps = tol == 0  # an unrolled network: exactly max_iter steps, the last iterate is returned
         b = z0.shape[0]
         dev = z0.device
         z = z0
@@ -130,6 +136,9 @@ class FixedPointSolver(ABC):
             if progress is not None:
                 progress(k, res)
             if not bool(active.any()) or k == max_iter - 1:
+                if fixed_steps and bool(active.any()):  # z_K = step(z_{K-1}, f(z_{K-1})) for running samples
+                    z_last, _ = self.step(z, fz, memory, k)
+                    best_z = z_last if bool(active.all()) else torch.where(active[:, None], z_last, best_z)
                 break
             fz_safe = fz if bool(finite.all()) else torch.where(finite[:, None], fz, z)
             z_next, memory = self.step(z, fz_safe, memory, k)
