@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +13,8 @@ import fpntools
 from fpntools.errors import UserInputError
 from problems.games.baselines import ConstantPredictor, MLPRegressor
 from problems.games.data import GameDataConfig, make_dataset, nash_gap_torch
-from problems.games.model import NashFPN, NFPNConfig
-from problems.games.train import TrainConfig, evaluate, train_model
+from problems.games.model import NashFPN, NFPNConfig, default_solve
+from problems.games.train import evaluate, recipe, train_model
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def _model(n: int = 3, m: int = 4, p: int = 5, **kw) -> NashFPN:
 
 @pytest.mark.parametrize("splitting", ["pg", "davis-yin"])
 def test_fixed_point_solves_its_own_learned_game(splitting):
-    model = _model(splitting=splitting, tol=1e-11, max_iter=500).double()
+    model = _model(splitting=splitting, solve=default_solve().with_(tol=1e-11, max_iter=500)).double()
     d = torch.rand(16, 5, dtype=torch.float64) * 2 - 1
     with torch.no_grad():
         z, info = model(d)
@@ -96,29 +99,89 @@ def test_jfb_training_lowers_the_loss(rps_data):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert sum(float(p.grad.abs().sum()) for p in model.parameters()) > 0
     model.zero_grad()
-    history = train_model(model, train, TrainConfig(epochs=4, batch_size=24, lr=1e-2))
+    result = train_model(model, train, recipe(epochs=4, batch_size=24, device="cpu", progress=False), log=None)
     with torch.no_grad():
         after = ((model(d)[0] - z_star) ** 2).sum(1).mean().item()
     assert after < 0.5 * before
-    assert history[-1]["loss"] < history[0]["loss"]
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    # the recipe's per-step cosine from 1e-2 to lr / 20 over S = 16 steps; the record holds the last step's lr
+    S = 4 * 4
+    assert result.history[-1]["lr"] == pytest.approx(5e-4 + 9.5e-3 * (1 + np.cos(np.pi * (S - 1) / S)) / 2)
     metrics = evaluate(model, test)
     constant = evaluate(ConstantPredictor(3, 3, 4).fit(z_star), test)
     assert metrics["err"] < constant["err"] and metrics["gap"] < constant["gap"]
-    assert metrics["fp_converged"] == 1.0
+    assert metrics["fp_converged"] == 1.0 and metrics["fp_failed"] == 0.0
 
 
-def test_checkpoint_resume_continues(tmp_path, rps_data):
-    train, _ = rps_data
-    ckpt = tmp_path / "m.pt"
-    torch.manual_seed(0)
-    model = MLPRegressor(3, 3, 4, hidden=8)
-    cfg = TrainConfig(epochs=2, batch_size=32, checkpoint=str(ckpt), checkpoint_every=1)
-    train_model(model, train, cfg)
-    assert ckpt.is_file()
-    model2 = MLPRegressor(3, 3, 4, hidden=8)
-    cfg.epochs, cfg.resume = 4, True
-    history = train_model(model2, train, cfg)
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+def test_model_holds_one_solve_config():
+    """The N-FPN declares no solver settings of its own: its FixedPoint module is built from ``config.solve``."""
+    names = {f.name for f in dataclasses.fields(NFPNConfig)}
+    assert not names & {"solver", "backward", "tol", "max_iter", "anderson_m", "eval_tol", "eval_max_iter"}
+    model = _model()
+    assert isinstance(model.config.solve, fpntools.SolveConfig)
+    assert model.config.solve == default_solve()
+    assert isinstance(model.solver, fpntools.FixedPoint)
+    assert (model.solver.tol, model.solver.max_iter) == (1e-6, 200)
+    assert isinstance(model.solver.backward_mode, fpntools.JFB)
+    # an unrolled N-FPN is the same model with another SolveConfig: exactly K differentiable steps
+    unrolled = _model(solve=fpntools.SolveConfig.unrolled(3))
+    unrolled.load_state_dict(model.state_dict())
+    d = torch.rand(4, 5) * 2 - 1
+    z, info = unrolled(d)
+    assert bool((info.steps == 3).all()) and z.requires_grad
+    with torch.no_grad():
+        F, w = model.operator(d), model.initial_state(d)
+        for _ in range(3):
+            w = model.step(w, F)
+    torch.testing.assert_close(z.detach(), w)
+    # the configuration round-trips through JSON (weights files), unknown keys are refused
+    cfg = NFPNConfig(hidden=8, solve=default_solve().with_(max_iter=50))
+    assert NFPNConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(UserInputError, match="unknown N-FPN configuration keys: tol"):
+        NFPNConfig.from_dict({**cfg.to_dict(), "tol": 1e-3})
+    with pytest.raises(UserInputError, match="solver must be one of"):
+        NFPNConfig.from_dict({**cfg.to_dict(), "solve": {**cfg.solve.to_dict(), "solver": "newton"}})
+
+
+def test_absurd_sizes_fail_before_allocating():
+    import tracemalloc
+
+    from problems.games.data import MAX_GAMES
+    from problems.games.model import MAX_PARAMS, mlp, mlp_param_count
+
+    assert mlp_param_count(4, 27, 64, 2) == sum(p.numel() for p in mlp(4, 27, 64, 2).parameters())
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserInputError, match=r"hidden width 1000000000 .* above the limit"):
+            NashFPN(3, 3, 4, NFPNConfig(hidden=10**9))
+        with pytest.raises(UserInputError, match="above the limit"):
+            MLPRegressor(3, 3, 4, hidden=10**5, layers=8)
+        with pytest.raises(UserInputError, match="limited to 8 actions"):
+            make_dataset(GameDataConfig(family="general", n_actions=10**6, n_train=4, n_test=0))
+        with pytest.raises(UserInputError, match="limited to 64 actions"):
+            GameDataConfig(family="zero-sum", n_actions=10**6).make_family()
+        with pytest.raises(UserInputError, match="context dimension must be between 1 and"):
+            GameDataConfig(context_dim=10**9).make_family()
+        with pytest.raises(UserInputError, match="n_train \\+ n_test must be at most"):
+            GameDataConfig(n_train=MAX_GAMES, n_test=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6, f"{peak / 1e6:.0f} MB allocated before the size errors"
+    assert MAX_PARAMS >= mlp_param_count(4, 2 * 64 * 64 + 128, 1024, 4)  # the limit leaves room for real models
+
+
+def test_overflowing_payoffs_are_reported_nonfinite():
+    """Finite but huge weights overflow the learned payoffs: those samples are NONFINITE, the others solve."""
+    model = _model()
+    with torch.no_grad():
+        model.game.net[-1].bias[0] = 3e38
+        model.game.net[-1].weight[0].fill_(3e38)
+        d = torch.rand(6, 5) * 2 - 1
+        z, info = model(d)
+        assert not bool(torch.isfinite(model.operator(d).J).all())
+    assert info.status == fpntools.Status.NONFINITE
+    assert bool(torch.isfinite(z).all())  # the solver keeps the last finite iterate
 
 
 def test_nash_gap_torch_matches_numpy():
@@ -147,9 +210,9 @@ def test_bad_inputs_give_clear_errors():
 def test_bench_rps_nfpn_is_accurate():
     """A short version of ``fpntools games bench`` (about a minute): N-FPN far better than the constant
     predictor and at least on par with the MLP regressor, all on certified targets."""
-    from problems.games.cli import run_bench
+    from problems.games.bench import run_bench
 
-    rows, summary = run_bench(GameDataConfig(family="rps", n_train=500, n_test=200), epochs=40)
+    rows, summary = run_bench(GameDataConfig(family="rps", n_train=500, n_test=200), epochs=40, log=None)
     r = {row["model"]: row for row in rows}
     assert summary["max_target_gap"] < 1e-12
     assert r["nfpn"]["err"] < 0.1 * r["constant"]["err"]

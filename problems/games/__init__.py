@@ -6,8 +6,10 @@
 * :mod:`problems.games.data`      -- certified (context, equilibrium) data sets;
 * :mod:`problems.games.model`     -- the N-FPN ``z*(d) = P_C(z* - alpha F_theta(z*; d))``;
 * :mod:`problems.games.baselines` -- MLP regressor (projected onto the simplices) and constant predictor;
-* :mod:`problems.games.train`     -- JFB training loop with checkpoints, evaluation metrics;
-* :mod:`problems.games.cli`       -- ``fpntools games solve | bench | train``.
+* :mod:`problems.games.train`     -- training through :class:`fpntools.training.Trainer`, runs, evaluation metrics;
+* :mod:`problems.games.bench`     -- the N-FPN / MLP / constant benchmark and its table;
+* :mod:`problems.games.solve`     -- the equilibria of one game as text;
+* :mod:`problems.games.cli`       -- ``fpntools games solve | bench | train | evaluate`` (argument parsing only).
 
 See ``docs/games.md``.
 """
@@ -16,8 +18,8 @@ from problems.games.baselines import ConstantPredictor, MLPRegressor
 from problems.games.data import GameDataConfig, GameDataset, make_dataset
 from problems.games.equilibria import EquilibriumBatch, nash_gap, solve_games, solve_zero_sum, support_enumeration
 from problems.games.families import RandomGameFamily, RPSFamily, make_family
-from problems.games.model import LearnedGame, NashFPN, NFPNConfig
-from problems.games.train import TrainConfig, evaluate, train_model
+from problems.games.model import LearnedGame, NashFPN, NFPNConfig, default_solve
+from problems.games.train import ModelSpec, evaluate, load_trained, recipe, train_model, train_run
 
 __all__ = [
     "ConstantPredictor",
@@ -26,17 +28,21 @@ __all__ = [
     "GameDataset",
     "LearnedGame",
     "MLPRegressor",
+    "ModelSpec",
     "NFPNConfig",
     "NashFPN",
     "RPSFamily",
     "RandomGameFamily",
-    "TrainConfig",
+    "default_solve",
     "evaluate",
+    "load_trained",
     "make_dataset",
     "make_family",
     "nash_gap",
+    "recipe",
     "solve_games",
     "solve_zero_sum",
     "support_enumeration",
     "train_model",
+    "train_run",
 ]

@@ -24,7 +24,10 @@ from fpntools.errors import UserInputError
 from problems.games.equilibria import nash_gap, solve_games
 from problems.games.families import ContextualGameFamily, make_family
 
-__all__ = ["GameDataConfig", "GameDataset", "make_dataset", "nash_gap_torch"]
+__all__ = ["GameDataConfig", "GameDataset", "make_dataset", "nash_gap_torch", "MAX_GAMES"]
+
+#: Most games a data set may hold (train + test); each is solved exactly, about a millisecond apiece.
+MAX_GAMES = 1_000_000
 
 
 @dataclass
@@ -55,6 +58,10 @@ class GameDataConfig:
     def __post_init__(self) -> None:
         if self.n_train < 1 or self.n_test < 0:
             raise UserInputError(f"need n_train >= 1 and n_test >= 0, got {self.n_train}, {self.n_test}")
+        if self.n_train + self.n_test > MAX_GAMES:
+            raise UserInputError(f"n_train + n_test must be at most {MAX_GAMES:,}, got {self.n_train + self.n_test:,}")
+        if not 0.0 <= self.max_gap < float("inf"):
+            raise UserInputError(f"max_gap must be a finite number >= 0, got {self.max_gap}")
 
     def make_family(self) -> ContextualGameFamily:
         return make_family(self.family, self.n_actions, self.context_dim, self.family_seed)

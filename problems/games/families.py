@@ -48,9 +48,23 @@ __all__ = [
     "make_family",
     "FAMILIES",
     "check_contexts",
+    "MAX_CONTEXT_DIM",
+    "MAX_ACTIONS_ZERO_SUM",
+    "MAX_ACTIONS_GENERAL",
 ]
 
 FAMILIES = ("rps", "zero-sum", "general")
+
+#: Size limits, checked before anything is allocated. Zero-sum games are solved by an LP (fine far beyond
+#: this); general-sum ones by support enumeration over ``C(n + m, n) - 1`` support pairs (12869 at 8x8).
+MAX_CONTEXT_DIM = 10_000
+MAX_ACTIONS_ZERO_SUM = 64
+MAX_ACTIONS_GENERAL = 8
+
+
+def _check_context_dim(p: int) -> None:
+    if not 1 <= p <= MAX_CONTEXT_DIM:
+        raise UserInputError(f"context dimension must be between 1 and {MAX_CONTEXT_DIM}, got {p}")
 
 
 def check_contexts(d: np.ndarray, context_dim: int, what: str = "context") -> np.ndarray:
@@ -123,8 +137,7 @@ class RPSFamily(ContextualGameFamily):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.context_dim < 1:
-            raise UserInputError(f"context dimension must be at least 1, got {self.context_dim}")
+        _check_context_dim(self.context_dim)
         self.name, self.n, self.m, self.zero_sum = "rps", 3, 3, True
         rng = np.random.default_rng(self.seed)
         p = self.context_dim
@@ -165,8 +178,14 @@ class RandomGameFamily(ContextualGameFamily):
         m = self.n_actions if self.m_actions is None else self.m_actions
         if self.n_actions < 2 or m < 2:
             raise UserInputError(f"games need at least 2 actions per player, got {self.n_actions}x{m}")
-        if self.context_dim < 1:
-            raise UserInputError(f"context dimension must be at least 1, got {self.context_dim}")
+        limit = MAX_ACTIONS_ZERO_SUM if self.zero_sum else MAX_ACTIONS_GENERAL
+        if max(self.n_actions, m) > limit:
+            how = "the minimax LP" if self.zero_sum else "support enumeration (exponential in the actions)"
+            raise UserInputError(
+                f"{'zero-sum' if self.zero_sum else 'general-sum'} games are limited to {limit} actions per player "
+                f"({how}), got {self.n_actions}x{m}"
+            )
+        _check_context_dim(self.context_dim)
         self.n, self.m = self.n_actions, m
         self.name = "zero-sum" if self.zero_sum else "general"
         rng = np.random.default_rng(self.seed)

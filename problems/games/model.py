@@ -27,22 +27,42 @@ any ``alpha > 0``.  With the per-sample step ``alpha(d) = s(d) / L(d)^2`` the ma
 ``||T(z) - T(z')|| <= sqrt(1 - s^2 / L^2) ||z - z'||``, so the forward solve converges and JFB (which
 differentiates one application of ``T`` at the fixed point) gives a descent direction.  The step size is
 treated as a constant of the map (detached): it does not change the fixed point.
+
+How the fixed point is solved and differentiated is the model's :class:`fpntools.SolveConfig`
+(``NFPNConfig.solve``; default Anderson, JFB, tolerance ``1e-6`` on the residual ``||T(z) - z|| / ||T(z)||``,
+at most 200 iterations); the equilibrium module is :func:`fpntools.make_fixed_point` of :class:`BatchMap`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-import fpntools
 from fpntools.errors import UserInputError
 from fpntools.info import FixedPointInfo
 from fpntools.operators import AffineSet, DavisYin, Nonnegative, SimplexProduct
+from fpntools.solve_config import SolveConfig, make_fixed_point
 
-__all__ = ["NFPNConfig", "GameOperator", "LearnedGame", "NashFPN", "check_context_tensor", "simplex_product"]
+__all__ = [
+    "NFPNConfig",
+    "GameOperator",
+    "LearnedGame",
+    "NashFPN",
+    "BatchMap",
+    "check_context_tensor",
+    "simplex_product",
+    "default_solve",
+    "mlp",
+    "mlp_param_count",
+    "MAX_PARAMS",
+]
+
+#: Largest network (number of parameters) a games model may ask for; checked before anything is allocated.
+MAX_PARAMS = 50_000_000
 
 
 def simplex_product(n: int, m: int) -> SimplexProduct:
@@ -82,6 +102,13 @@ def check_context_tensor(d: Any, context_dim: int) -> Tensor:
     return d
 
 
+def default_solve() -> SolveConfig:
+    """The N-FPN's default solve: Anderson (memory 5), JFB backward, tolerance ``1e-6`` (relative residual
+    ``||T(z) - z|| / ||T(z)||``; ``||T(z)||`` lies in ``[sqrt(1/n + 1/m), sqrt(2)]`` on ``C``, so this is an
+    absolute tolerance within a factor ``sqrt(2)``), at most 200 iterations, the same in evaluation."""
+    return SolveConfig(solver="anderson", backward="jfb", tol=1e-6, max_iter=200)
+
+
 @dataclass
 class NFPNConfig:
     """Hyper-parameters of :class:`NashFPN`.
@@ -91,8 +118,6 @@ class NFPNConfig:
         mu: quadratic regulariser ``mu`` of both players (the monotone part of ``F_theta``).
         gamma: bound on the common-interest part, ``||G||_F <= gamma``; must be below ``mu`` (modulus
             ``mu - gamma``). ``gamma = 0`` restricts the learned games to zero-sum (plus regulariser).
-        solver: forward solver of :func:`fpntools.fixed_point` (``"anderson"``, ``"picard"``, ...).
-        tol, max_iter: forward stopping rule (absolute residual ``||T(z) - z||``), training and evaluation.
         splitting: ``"pg"``, the projected-gradient map ``T(z) = P_C(z - alpha F(z))`` with the exact
             simplex-product projection, or ``"davis-yin"``: :class:`fpntools.operators.DavisYin` with
             ``prox_g`` the projection onto ``z >= 0``, ``prox_f`` the projection onto the affine hull
@@ -100,19 +125,23 @@ class NFPNConfig:
             ``min_batch alpha(d)``; its fixed point ``w*`` gives the equilibrium ``z* = max(w*, 0)``.
         linear_terms: also learn linear payoff terms ``q(d) = (q_x, q_y)`` (player 1 maximises
             ``x^T A y - q_x^T x - mu/2 ||x||^2``, likewise player 2), so ``F_theta(z) = J z + q``.
+        solve: how the fixed point is solved and differentiated (:func:`default_solve`); a dict (from JSON)
+            is converted with :meth:`fpntools.SolveConfig.from_dict`.
     """
 
     hidden: int = 64
     layers: int = 2
     mu: float = 1.0
     gamma: float = 0.5
-    solver: str = "anderson"
-    tol: float = 1e-6
-    max_iter: int = 200
     splitting: str = "pg"
     linear_terms: bool = True
+    solve: SolveConfig = field(default_factory=default_solve)
 
     def __post_init__(self) -> None:
+        if isinstance(self.solve, dict):
+            self.solve = SolveConfig.from_dict(self.solve)
+        if not isinstance(self.solve, SolveConfig):
+            raise UserInputError(f"solve must be a SolveConfig, got {type(self.solve).__name__}")
         if self.splitting not in ("pg", "davis-yin"):
             raise UserInputError(f"splitting must be 'pg' or 'davis-yin', got {self.splitting!r}")
         if not 0.0 <= self.gamma < self.mu:
@@ -120,9 +149,44 @@ class NFPNConfig:
         if self.hidden < 1 or self.layers < 0:
             raise UserInputError(f"hidden must be >= 1 and layers >= 0, got {self.hidden}, {self.layers}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; :meth:`from_dict` inverts it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NFPNConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`~fpntools.errors.UserInputError`."""
+        if not isinstance(d, dict):
+            raise UserInputError(f"N-FPN configuration must be a mapping, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise UserInputError(f"unknown N-FPN configuration keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def mlp_param_count(inp: int, out: int, hidden: int, layers: int) -> int:
+    """Number of parameters of :func:`mlp` (weights and biases), computed without building it."""
+    width, total = inp, 0
+    for _ in range(layers):
+        total += (width + 1) * hidden
+        width = hidden
+    return total + (width + 1) * out
+
 
 def mlp(inp: int, out: int, hidden: int, layers: int) -> nn.Sequential:
-    """``layers`` hidden ``Linear + GELU`` blocks of width ``hidden`` followed by a linear read-out."""
+    """``layers`` hidden ``Linear + GELU`` blocks of width ``hidden`` followed by a linear read-out.
+
+    Raises :class:`~fpntools.errors.UserInputError` before allocating when the sizes are not positive or the
+    network would have more than :data:`MAX_PARAMS` parameters.
+    """
+    if min(inp, out, hidden) < 1 or layers < 0:
+        raise UserInputError(f"network sizes must be positive, got input {inp}, output {out}, hidden {hidden}, layers {layers}")
+    count = mlp_param_count(inp, out, hidden, layers)
+    if count > MAX_PARAMS:
+        raise UserInputError(
+            f"a network with hidden width {hidden} and {layers} hidden layers ({inp} inputs, {out} outputs) would have "
+            f"{count:.3g} parameters, above the limit {MAX_PARAMS:.0e}"
+        )
     mods: list[nn.Module] = []
     width = inp
     for _ in range(layers):
@@ -182,36 +246,59 @@ class LearnedGame(nn.Module):
 
     @staticmethod
     def moduli(J: Tensor) -> tuple[Tensor, Tensor]:
-        """Strong-monotonicity modulus ``s = lambda_min(sym J)`` and Lipschitz constant ``L = ||J||_2`` (detached)."""
+        """Strong-monotonicity modulus ``s = lambda_min(sym J)`` and Lipschitz constant ``L = ||J||_2`` (detached).
+
+        Samples whose ``J`` is not finite (payoffs that overflowed) get ``s = L = NaN``, so their step and map
+        are NaN and the solver reports them ``NONFINITE`` instead of the eigensolver failing for the batch.
+        """
         with torch.no_grad():
+            finite = torch.isfinite(J).flatten(1).all(dim=1)
+            if not bool(finite.all()):
+                eye = torch.eye(J.shape[1], dtype=J.dtype, device=J.device).expand_as(J)
+                J = torch.where(finite.view(-1, 1, 1), J, eye)
             s = torch.linalg.eigvalsh(0.5 * (J + J.transpose(1, 2)))[:, 0]
             L = torch.linalg.matrix_norm(J, ord=2)
+            nan = torch.full_like(s, float("nan"))
+            s, L = torch.where(finite, s, nan), torch.where(finite, L, nan)
         return s, L
 
     @classmethod
     def step_size(cls, J: Tensor) -> Tensor:
         """Per-sample ``alpha = s / L^2`` (detached), shape ``(B, 1)``."""
         s, L = cls.moduli(J)
-        return (s / L**2).unsqueeze(1)
+        alpha = s / L / L  # not s / L**2: L**2 overflows first
+        # a step that is not a positive finite number (payoffs near the end of the float range) would make every z
+        # a fixed point; NaN makes the solver report those samples NONFINITE instead of "converged"
+        alpha = torch.where(torch.isfinite(alpha) & (alpha > 0), alpha, torch.full_like(alpha, float("nan")))
+        return alpha.unsqueeze(1)
+
+
+class BatchMap(nn.Module):
+    """The layer of the N-FPN's equilibrium module: ``forward(z, T) = T(z)`` for the map ``T`` of the batch's
+    learned game, built once per batch by :meth:`NashFPN.map` (its tensors carry the gradients to the payoff
+    network)."""
+
+    def forward(self, z: Tensor, T: Callable[[Tensor], Tensor]) -> Tensor:
+        return T(z)
 
 
 class NashFPN(nn.Module):
     """N-FPN: ``z*(d) = (x*, y*)``, the fixed point of ``T(z; d) = P_C(z - alpha(d) F_theta(z; d))``.
 
     ``forward(d, z0=None)`` returns ``(z*, info)`` with ``z*`` of shape ``(B, n + m)`` (first ``n`` entries
-    player 1's strategy) solved by :func:`fpntools.fixed_point` with the configured solver and the
-    ``backward`` mode (JFB by default); ``predict(d)`` returns ``z*`` only.
+    player 1's strategy), solved and differentiated as ``config.solve`` says (:func:`fpntools.make_fixed_point`;
+    JFB by default); ``predict(d)`` returns ``z*`` only.
     """
 
-    def __init__(self, n: int, m: int, context_dim: int, config: NFPNConfig | None = None, backward: str = "jfb") -> None:
+    def __init__(self, n: int, m: int, context_dim: int, config: NFPNConfig | None = None) -> None:
         super().__init__()
         self.config = config or NFPNConfig()
         self.n, self.m, self.context_dim = n, m, context_dim
         self.game = LearnedGame(n, m, context_dim, self.config)
-        self.backward = backward
         self.project = simplex_product(n, m)
         self.affine = block_sums(n, m)
         self.nonneg = Nonnegative()
+        self.solver = make_fixed_point(BatchMap(), self.config.solve)
 
     def initial_state(self, d: Tensor) -> Tensor:
         """Uniform strategies for both players."""
@@ -227,22 +314,19 @@ class NashFPN(nn.Module):
         """One projected-gradient step ``T(z) = P_C(z - alpha F(z))``."""
         return self.project(z - F.alpha * F(z))
 
+    def map(self, F: GameOperator) -> Callable[[Tensor], Tensor]:
+        """The fixed-point map of the batch: the projected-gradient step, or the Davis-Yin map (``splitting``)."""
+        if self.config.splitting == "davis-yin":
+            return self.davis_yin(F)
+        return lambda z: self.step(z, F)
+
     def forward(self, d: Tensor, z0: Tensor | None = None) -> tuple[Tensor, FixedPointInfo]:
         d = check_context_tensor(d, self.context_dim)
         F = self.game.operator(d)
         z0 = self.initial_state(d) if z0 is None else z0
-        opts: dict[str, Any] = dict(
-            solver=self.config.solver,
-            backward=self.backward,
-            tol=self.config.tol,
-            max_iter=self.config.max_iter,
-            stop_mode="abs",
-        )
-        if self.config.splitting == "davis-yin":
-            T = self.davis_yin(F)
-            w, info = fpntools.fixed_point(T, z0, **opts)
-            return T.solution(w), info
-        return fpntools.fixed_point(lambda z: self.step(z, F), z0, **opts)
+        T = self.map(F)
+        w, info = self.solver(T, z0=z0)
+        return (T.solution(w) if isinstance(T, DavisYin) else w), info
 
     def davis_yin(self, F: GameOperator) -> DavisYin:
         """The Davis-Yin map for the learned VI (see :class:`NFPNConfig`), step ``min_batch alpha``."""

@@ -1,72 +1,156 @@
-"""Training and evaluation of equilibrium predictors (N-FPN and the regression baselines).
+"""Training and evaluation of equilibrium predictors (N-FPN and the regression baselines), and their runs.
 
-Loss: mean squared error between predicted and certified equilibria, ``mean_b ||z(d_b) - z*_b||^2``.
-The N-FPN is trained with JFB (gradients through one application of ``T`` at the fixed point).
-Metrics on a data set (:func:`evaluate`):
+Loss: mean squared error between predicted and certified equilibria, ``mean_b ||z(d_b) - z*_b||^2``, minimised
+by :class:`fpntools.training.Trainer` with the games recipe (:func:`recipe`: Adam, learning rate ``1e-2``
+cosine-decayed per step to ``lr / 20``, batch 64, 100 epochs). The N-FPN is trained with JFB (its
+``SolveConfig``). Metrics on a data set (:func:`evaluate`):
 
 * ``err``: mean ``||z(d) - z*(d)||_2`` over samples (``z = (x, y)`` stacked, so at most ``2 sqrt(2)``);
 * ``rel_err``: ``sum ||z - z*|| / sum ||z*||``;
 * ``gap``: mean Nash gap of the predictions under the *true* games (``0`` only at true equilibria);
-* ``fp_iters`` / ``fp_converged``: mean forward iterations and fraction of converged solves (N-FPN).
+* ``fp_iters`` / ``fp_converged`` / ``fp_failed`` (N-FPN): mean forward iterations, fraction of converged
+  solves, fraction of solves that went non-finite or diverged.
+
+A *run* (:func:`train_run`, ``fpntools games train``) is a folder with the trainer's ``config.json``,
+``history.json`` and ``checkpoint.pt`` plus ``weights.pt``: ``{"format", "state_dict", "data", "model",
+"test_metrics", "epochs_done"}`` with the data description (:class:`GameDataConfig`) and the model's
+(:class:`ModelSpec`: name, sizes, its ``NFPNConfig`` with the ``SolveConfig``). :func:`load_trained`
+rebuilds the model from a run folder, its ``weights.pt`` or its ``checkpoint.pt`` and refuses, in one line,
+files whose configuration does not match the weights.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
-from fpntools.training.checkpoint import load_checkpoint, save_checkpoint
-from problems.games.data import GameDataset
+from fpntools.cli_support import NotUsableError, warn
+from fpntools.errors import UserInputError
+from fpntools.info import Status
+from fpntools.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fpntools.training.trainer import Trainer, TrainerConfig, TrainResult, print_to_stderr
+from problems.games.baselines import ConstantPredictor, MLPRegressor
+from problems.games.data import GameDataConfig, GameDataset, make_dataset
+from problems.games.model import NashFPN, NFPNConfig
 
-__all__ = ["TrainConfig", "train_model", "evaluate", "predict"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "recipe",
+    "squared_error",
+    "train_model",
+    "train_run",
+    "RunOutcome",
+    "load_trained",
+    "evaluate_run",
+    "evaluate",
+    "predict",
+    "solver_report",
+    "seed_everything",
+    "WEIGHTS_NAME",
+]
+
+MODELS = ("nfpn", "mlp", "constant")
+WEIGHTS_NAME = "weights.pt"
+_WEIGHTS_FORMAT = "fpntools-games-weights-1"
+
+
+def recipe(**changes: Any) -> TrainerConfig:
+    """The games training recipe as a :class:`~fpntools.training.TrainerConfig`: Adam, learning rate ``1e-2``
+    with a per-step cosine decay to ``lr / 20`` (``lr_min_ratio = 0.05``), batch 64, 100 epochs, seed 0;
+    ``changes`` override fields (``recipe(epochs=30, lr=3e-3, run_dir="runs/rps")``)."""
+    base = dict(epochs=100, batch_size=64, lr=1e-2, optimizer="adam", schedule="cosine", lr_min_ratio=0.05, seed=0)
+    return TrainerConfig(**{**base, **changes})
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation settings.
+class ModelSpec:
+    """Everything that defines a games predictor's architecture (stored with its weights).
 
     Attributes:
-        epochs: passes over the training set.
-        batch_size, lr, weight_decay: Adam mini-batch settings (learning rate cosine-decayed to ``lr / 20``).
-        seed: seed of the shuffling (and of the model initialisation when the caller seeds with it).
-        checkpoint: file to write ``{"model", "optimizer", "epoch", "history", ...}`` to (atomically) every
-            ``checkpoint_every`` epochs and at the end; ``None`` disables checkpoints.
-        resume: continue from ``checkpoint`` when it exists.
-        progress: show a tqdm progress bar.
+        name: ``"nfpn"``, ``"mlp"`` or ``"constant"``.
+        n, m: actions of the two players; context_dim: ``p``.
+        nfpn: the N-FPN configuration; its ``hidden`` / ``layers`` also size the MLP regressor.
     """
 
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    checkpoint: str | None = None
-    checkpoint_every: int = 10
-    resume: bool = False
-    progress: bool = False
+    name: str
+    n: int
+    m: int
+    context_dim: int
+    nfpn: NFPNConfig
+
+    def __post_init__(self) -> None:
+        if isinstance(self.nfpn, dict):
+            self.nfpn = NFPNConfig.from_dict(self.nfpn)
+        if self.name not in MODELS:
+            raise UserInputError(f"unknown model {self.name!r}; choose one of {', '.join(MODELS)}")
+        for key in ("n", "m", "context_dim"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserInputError(f"model {key} must be a positive integer, got {v!r}")
+
+    def build(self) -> nn.Module:
+        """The (freshly initialised) model; sizes are checked before anything is allocated."""
+        if self.name == "nfpn":
+            return NashFPN(self.n, self.m, self.context_dim, self.nfpn)
+        if self.name == "mlp":
+            return MLPRegressor(self.n, self.m, self.context_dim, hidden=self.nfpn.hidden, layers=self.nfpn.layers)
+        return ConstantPredictor(self.n, self.m, self.context_dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "nfpn": self.nfpn.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ModelSpec":
+        if not isinstance(d, dict) or set(d) != {"name", "n", "m", "context_dim", "nfpn"}:
+            keys = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise UserInputError(f"model description must have keys name, n, m, context_dim, nfpn; got {keys}")
+        return cls(**d)
+
+
+def squared_error(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    """Loss of the trainer: ``mean_b ||z(d_b) - z*_b||^2`` and, for the N-FPN, the mean forward iterations."""
+    d, z_star = batch
+    z, info = model(d)
+    loss = ((z - z_star) ** 2).sum(dim=1).mean()
+    return loss, ({"fp_iters": float(info.steps.float().mean())} if info is not None else {})
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def predict(model: nn.Module, d: Tensor, batch_size: int = 512) -> tuple[Tensor, dict[str, float]]:
-    """Predictions of ``model`` (``forward(d) -> (z, info | None)``) without gradients, and solver stats."""
+    """Predictions of ``model`` (``forward(d) -> (z, info | None)``) without gradients, on the model's device,
+    and the solver statistics ``fp_iters``, ``fp_converged``, ``fp_failed`` (non-finite or diverged solves)."""
     model.eval()
-    outs, iters, conv = [], [], []
+    device = _device_of(model)
+    outs, iters, conv, failed = [], [], [], []
     with torch.no_grad():
         for i in range(0, d.shape[0], batch_size):
-            z, info = model(d[i : i + batch_size])
-            outs.append(z)
+            z, info = model(d[i : i + batch_size].to(device))
+            outs.append(z.cpu())
             if info is not None:
-                iters.append(info.steps.float())
-                conv.append(info.converged.float())
+                iters.append(info.steps.float().cpu())
+                conv.append(info.converged.float().cpu())
+                failed.append((info.sample_status >= int(Status.DIVERGED)).float().cpu())
     stats = {}
     if iters:
-        stats = {"fp_iters": float(torch.cat(iters).mean()), "fp_converged": float(torch.cat(conv).mean())}
+        stats = {
+            "fp_iters": float(torch.cat(iters).mean()),
+            "fp_converged": float(torch.cat(conv).mean()),
+            "fp_failed": float(torch.cat(failed).mean()),
+        }
     return torch.cat(outs), stats
 
 
@@ -87,92 +171,181 @@ def evaluate(model: nn.Module, data: GameDataset) -> dict[str, float]:
     }
 
 
-def _lr_at(config: TrainConfig, epoch: int) -> float:
-    frac = epoch / max(config.epochs, 1)
-    return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+def solver_report(metrics: dict[str, float], what: str = "N-FPN") -> None:
+    """Judge the metrics of :func:`evaluate`: non-finite metrics or failed solves raise
+    :class:`~fpntools.cli_support.NotUsableError` (exit 3); solves that stopped at their iteration budget with
+    finite output give a warning (the metrics measure the predictions as they are)."""
+    bad = [k for k in ("err", "gap") if k in metrics and not math.isfinite(metrics[k])]
+    failed = metrics.get("fp_failed", 0.0)
+    if bad or failed > 0:
+        reason = f"{failed:.1%} of the fixed-point solves went non-finite or diverged" if failed > 0 else ""
+        if bad:
+            reason = (reason + "; " if reason else "") + f"{' and '.join(bad)} not finite"
+        warn(f"{what}: {reason}")
+        raise NotUsableError(f"{what}: the predictions are not usable ({reason})")
+    conv = metrics.get("fp_converged", 1.0)
+    if conv < 1.0:
+        warn(
+            f"{what}: {1 - conv:.1%} of the fixed-point solves stopped at the iteration budget before the tolerance "
+            "(the metrics measure those predictions as they are; raise --max-iter for exact equilibria)"
+        )
 
 
 def train_model(
     model: nn.Module,
     train: GameDataset,
-    config: TrainConfig,
+    config: TrainerConfig,
     val: GameDataset | None = None,
-    extra_state: dict[str, Any] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> list[dict[str, float]]:
-    """Minimise the squared error of ``model``'s predictions on ``train`` with Adam.
+    run_config: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = print_to_stderr,
+) -> TrainResult:
+    """Minimise :func:`squared_error` of ``model`` on ``train`` with :class:`fpntools.training.Trainer`.
 
-    Returns the history: one dict per epoch with ``epoch``, ``loss`` (training mean squared error) and, when
-    ``val`` is given, the :func:`evaluate` metrics on it prefixed ``val_``.  Checkpoints hold the model and
-    optimiser state, the epoch, the history and ``extra_state`` (e.g. the configs), so ``resume`` continues.
+    With ``val``, every epoch record holds the :func:`evaluate` metrics on it prefixed ``val_``. A checkpoint
+    that does not fit the model (``config.resume``) is a :class:`~fpntools.errors.UserInputError`.
     """
-    d_all, z_all = train.tensors()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    history: list[dict[str, float]] = []
-    start = 0
-    ckpt = Path(config.checkpoint) if config.checkpoint else None
-    if ckpt is not None and config.resume and ckpt.is_file():
-        state = load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, history = int(state["epoch"]), list(state["history"])
-        if log:
-            log(f"resumed from {ckpt} at epoch {start}")
-
-    def save(epoch: int) -> None:
-        if ckpt is not None:
-            save_checkpoint(
-                ckpt,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "epoch": epoch,
-                    "history": history,
-                    "train_config": asdict(config),
-                    **(extra_state or {}),
-                },
-            )
-
-    gen = torch.Generator().manual_seed(config.seed)
-    for _ in range(start):  # keep the shuffles identical after a resume
-        torch.randperm(len(train), generator=gen)
-    bar = None
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.epochs, initial=start, desc=type(model).__name__, unit="epoch")
-    for epoch in range(start, config.epochs):
-        model.train()
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(config, epoch)
-        perm = torch.randperm(len(train), generator=gen)
-        total, count = 0.0, 0
-        for i in range(0, len(train), config.batch_size):
-            idx = perm[i : i + config.batch_size]
-            z, _ = model(d_all[idx])
-            loss = ((z - z_all[idx]) ** 2).sum(dim=1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        row = {"epoch": epoch + 1, "loss": total / count}
-        if val is not None and (epoch + 1 == config.epochs or (epoch + 1) % max(config.checkpoint_every, 1) == 0):
-            row.update({f"val_{k}": v for k, v in evaluate(model, val).items()})
-        history.append(row)
-        if bar is not None:
-            bar.update(1)
-            shown = ("loss", "val_err", "val_gap", "val_fp_iters")
-            bar.set_postfix({k: f"{row[k]:.4g}" for k in shown if k in row})
-        if (epoch + 1) % max(config.checkpoint_every, 1) == 0 or epoch + 1 == config.epochs:
-            save(epoch + 1)
-    if bar is not None:
-        bar.close()
-    return history
+    evaluate_fn = None
+    if val is not None:
+        evaluate_fn = lambda m: {f"val_{k}": v for k, v in evaluate(m, val).items()}  # noqa: E731
+    trainer = Trainer(
+        model, squared_error, TensorDataset(*train.tensors()), config, evaluate=evaluate_fn, run_config=run_config, log=log
+    )
+    try:
+        return trainer.fit()
+    except CheckpointError as exc:
+        raise UserInputError(str(exc)) from None
 
 
 def seed_everything(seed: int) -> None:
     """Seed torch and numpy (model initialisation)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
+
+
+@dataclass
+class RunOutcome:
+    """What :func:`train_run` returns: the trained model, the trainer's result, the held-out metrics
+    (``{}`` without a test split) and the path of ``weights.pt`` (``None`` without a run folder)."""
+
+    model: nn.Module
+    result: TrainResult
+    test_metrics: dict[str, float]
+    weights: Path | None
+
+
+def train_run(
+    data_config: GameDataConfig,
+    model_name: str,
+    nfpn: NFPNConfig,
+    config: TrainerConfig,
+    log: Callable[[str], None] | None = print_to_stderr,
+) -> RunOutcome:
+    """Build the certified data, train one predictor (``"nfpn"`` or ``"mlp"``) and evaluate it on the test split.
+
+    The model is initialised from ``config.seed``. With ``config.run_dir`` the trainer keeps its run folder
+    (and refuses one that holds a checkpoint unless ``resume`` / ``force``) and ``weights.pt`` is written at
+    the end. The run configuration (data and model description) is checked on resume.
+    """
+    if model_name not in ("nfpn", "mlp"):
+        raise UserInputError(f"--model must be nfpn or mlp, got {model_name!r}")
+    fam = data_config.make_family()
+    spec = ModelSpec(model_name, fam.n, fam.m, data_config.context_dim, nfpn)
+    seed_everything(config.seed)
+    model = spec.build()  # sizes checked before the (slower) data generation
+    if log is not None:
+        log(f"building {data_config.n_train} + {data_config.n_test} certified {data_config.family} games ...")
+    train, test = make_dataset(data_config)
+    run_config = {"games": {"data": asdict(data_config), "model": spec.to_dict()}}
+    result = train_model(model, train, config, val=test if len(test) else None, run_config=run_config, log=log)
+    metrics = evaluate(model, test) if len(test) else {}
+    weights = None
+    if config.run_dir is not None:
+        weights = Path(config.run_dir) / WEIGHTS_NAME
+        save_checkpoint(
+            weights,
+            {
+                "format": _WEIGHTS_FORMAT,
+                "state_dict": model.state_dict(),
+                **run_config["games"],
+                "test_metrics": metrics,
+                "epochs_done": len(result.history),
+            },
+        )
+    return RunOutcome(model, result, metrics, weights)
+
+
+def _games_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(description, state_dict)`` of a run folder, ``weights.pt`` or trainer ``checkpoint.pt``."""
+    if path.is_dir():
+        cand = [path / WEIGHTS_NAME, path / "checkpoint.pt"]
+        found = next((p for p in cand if p.is_file()), None)
+        if found is None:
+            raise UserInputError(f"run folder {path} holds neither {WEIGHTS_NAME} nor checkpoint.pt")
+        path = found
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise UserInputError(str(exc).splitlines()[0]) from None
+    if state.get("format") == _WEIGHTS_FORMAT:  # weights.pt: {format, state_dict, data, model, ...}
+        desc, weights = state, state.get("state_dict")
+    else:  # a trainer checkpoint: the description is its run configuration
+        desc, weights = (state.get("run_config") or {}).get("games"), state.get("model")
+    if not isinstance(desc, dict) or "data" not in desc or "model" not in desc or not isinstance(weights, dict):
+        raise UserInputError(f"{path} is not a games weights file or run checkpoint (no games model description)")
+    return desc, weights
+
+
+def load_trained(
+    path: str | Path, solve_changes: dict[str, Any] | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, GameDataConfig]:
+    """Rebuild a model written by ``fpntools games train`` (a run folder, its ``weights.pt`` or ``checkpoint.pt``).
+
+    ``solve_changes`` override fields of the N-FPN's ``SolveConfig`` (e.g. ``{"max_iter": 500}``). Raises a
+    one-line :class:`~fpntools.errors.UserInputError` when the file is not a games model, its description is
+    invalid (unknown keys, absurd sizes: checked before allocating) or the weights do not match it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"no such run folder or weights file: {path}")
+    desc, weights = _games_state(path)
+    try:
+        data_cfg = GameDataConfig(**desc["data"])
+    except TypeError as exc:
+        raise UserInputError(f"{path}: invalid data description ({exc})") from None
+    spec = ModelSpec.from_dict(desc["model"])
+    fam = data_cfg.make_family()
+    if (spec.n, spec.m, spec.context_dim) != (fam.n, fam.m, data_cfg.context_dim):
+        raise UserInputError(
+            f"{path}: the model is for {spec.n}x{spec.m} games with {spec.context_dim} context entries, but its data "
+            f"description gives {fam.n}x{fam.m} games with {data_cfg.context_dim}"
+        )
+    bad = sorted(k for k, t in weights.items() if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise UserInputError(f"{path}: the weights hold non-finite values (NaN or inf) in {', '.join(bad[:3])}")
+    if solve_changes:
+        spec = replace(spec, nfpn=replace(spec.nfpn, solve=spec.nfpn.solve.with_(**solve_changes)))
+    model = spec.build()
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        detail = " ".join(lines[1:3]) if len(lines) > 1 else lines[0]
+        raise UserInputError(f"{path}: the weights do not match the model description ({detail})") from None
+    return model.to(device), data_cfg
+
+
+def evaluate_run(
+    path: str | Path,
+    n_test: int | None = None,
+    solve_changes: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, float], GameDataConfig]:
+    """Held-out metrics (:func:`evaluate`) of a trained model (:func:`load_trained`) on the test games of its
+    own data description (the same seeds, so the same games), optionally ``n_test`` of them."""
+    model, cfg = load_trained(path, solve_changes, device)
+    if n_test is not None:
+        cfg = replace(cfg, n_test=n_test)
+    if cfg.n_test < 1:
+        raise UserInputError("no held-out games to evaluate on; pass --n-test N")
+    _, test = make_dataset(cfg)
+    return evaluate(model, test), cfg
