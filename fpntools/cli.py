@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
@@ -21,7 +22,8 @@ def _problem_names() -> list[str]:
 
     names = []
     for mod in pkgutil.iter_modules(problems.__path__):
-        if mod.ispkg and importlib.util.find_spec(f"problems.{mod.name}.cli") is not None:
+        # look for the file: find_spec("problems.x.cli") would import problems/x/__init__.py (and maybe torch)
+        if mod.ispkg and (Path(mod.module_finder.path) / mod.name / "cli.py").is_file():
             names.append(mod.name)
     return sorted(names)
 
