@@ -101,19 +101,20 @@ def test_metrics(toy):
 def test_cli_dataset(tmp_path, toy):
     from typer.testing import CliRunner
 
-    from problems.traffic.cli import app
+    from fpntools.cli import app
     from problems.traffic.tntp import write_net, write_trips
 
     net, dem = toy
     net_path, trips_path = write_net(net, tmp_path / "t_net.tntp"), write_trips(dem, tmp_path / "t_trips.tntp")
     out = tmp_path / "ds.npz"
-    r = CliRunner().invoke(app, ["dataset", "--net", str(net_path), "--trips", str(trips_path), "--n", "2",
+    r = CliRunner().invoke(app, ["traffic", "dataset", "--net", str(net_path), "--trips", str(trips_path), "--n", "2",
                                  "--gap", "1e-7", "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     ds = TrafficDataset.load(out)
     assert len(ds) == 2 and ds.gaps.max() <= 1e-7
     trips_path.write_text(trips_path.read_text().replace("Origin \t2", "Origin \t99"))
     out2 = tmp_path / "ds2.npz"
-    r = CliRunner().invoke(app, ["dataset", "--net", str(net_path), "--trips", str(trips_path), "--out", str(out2)])
+    r = CliRunner().invoke(app, ["traffic", "dataset", "--net", str(net_path), "--trips", str(trips_path),
+                                 "--out", str(out2)])
     assert r.exit_code == 2 and "out of range" in r.output and not out2.exists()
     assert "Traceback" not in r.output

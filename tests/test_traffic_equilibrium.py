@@ -204,11 +204,12 @@ def toy_files(tmp_path):
 def test_cli_round_trip(tmp_path, toy_files):
     from typer.testing import CliRunner
 
-    from problems.traffic.cli import app
+    from fpntools.cli import app
 
     net, dem, net_path, trips_path = toy_files
+    (tmp_path / "sub").mkdir()
     out = tmp_path / "sub" / "flows.csv"
-    r = CliRunner().invoke(app, ["equilibrium", "--net", str(net_path), "--trips", str(trips_path), "--gap",
+    r = CliRunner().invoke(app, ["traffic", "equilibrium", "--net", str(net_path), "--trips", str(trips_path), "--gap",
                                  "1e-9", "--out", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     with open(out) as fh:
@@ -226,7 +227,7 @@ def test_cli_round_trip(tmp_path, toy_files):
 def test_cli_bad_file_no_traceback_no_output(tmp_path, toy_files):
     from typer.testing import CliRunner
 
-    from problems.traffic.cli import app
+    from fpntools.cli import app
 
     _, _, net_path, trips_path = toy_files
     lines = net_path.read_text().split("\n")
@@ -235,18 +236,18 @@ def test_cli_bad_file_no_traceback_no_output(tmp_path, toy_files):
     bad.write_text("\n".join(lines))
     out = tmp_path / "flows.csv"
     runner = CliRunner()
-    r = runner.invoke(app, ["equilibrium", "--net", str(bad), "--trips", str(trips_path), "--out", str(out)])
+    r = runner.invoke(app, ["traffic", "equilibrium", "--net", str(bad), "--trips", str(trips_path), "--out", str(out)])
     assert r.exit_code == 2
     assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)
     assert "line 9" in r.output and "bad_net.tntp" in r.output
     assert not out.exists()
-    r = runner.invoke(app, ["equilibrium", "--net", str(tmp_path / "missing.tntp"), "--trips", str(trips_path),
+    r = runner.invoke(app, ["traffic", "equilibrium", "--net", str(tmp_path / "missing.tntp"), "--trips", str(trips_path),
                             "--out", str(out)])
     assert r.exit_code == 2 and "file not found" in r.output and not out.exists()
     # unconverged: non-zero exit, no output
-    r = runner.invoke(app, ["equilibrium", "--net", str(net_path), "--trips", str(trips_path), "--out", str(out),
-                            "--max-iter", "0", "--quiet"])
-    assert r.exit_code == 3 and "above target" in r.output and not out.exists()
+    r = runner.invoke(app, ["traffic", "equilibrium", "--net", str(net_path), "--trips", str(trips_path),
+                            "--out", str(out), "--max-iter", "0", "--quiet"])
+    assert r.exit_code == 3 and "above the target" in r.output and "not usable" in r.output and not out.exists()
     assert list(tmp_path.glob("*.tmp")) == [] and list(tmp_path.glob(".flows*")) == []
 
 

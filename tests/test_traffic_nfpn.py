@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from fpntools import SolveConfig
 from problems.traffic.context import ContextMap, generate_dataset
-from problems.traffic.nfpn import NFPNConfig, TrafficNFPN
+from problems.traffic.nfpn import NFPNConfig, TrafficNFPN, default_solve
 from problems.traffic.synthetic import random_demand, random_network
 from problems.traffic.tntp import tntp_dir
 
@@ -26,8 +27,8 @@ def small():
     return net, dem, ds
 
 
-def _model(net, dem, ds, **kw) -> TrafficNFPN:
-    return TrafficNFPN.build(net, dem, ds.flows, NFPNConfig(network="synthetic", **kw))
+def _model(net, dem, ds, solve: SolveConfig | None = None, **kw) -> TrafficNFPN:
+    return TrafficNFPN.build(net, dem, ds.flows, NFPNConfig(network="synthetic", solve=solve or default_solve(), **kw))
 
 
 def test_projections_feasible(small):
@@ -53,7 +54,7 @@ def test_fixed_point_solves_learned_vi(small):
     """At the DY fixed point, x solves the VI of the model's own learned cost: feasible, and the projected
     gradient residual ||y - P_C(y - a F(y))|| vanishes (random, non-neutral parameters)."""
     net, dem, ds = small
-    m = _model(net, dem, ds, warm_gap=1e-11, max_iter=200, tol=1e-11)
+    m = _model(net, dem, ds, warm_gap=1e-11, solve=default_solve().with_(max_iter=200, tol=1e-11))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in m.parameters():
@@ -86,14 +87,15 @@ def test_generator_parameters_reproduce_equilibria(small):
     assert err.max() < 1e-5
 
 
-def _train_steps(m, params, C, X, backward, n=6, lr=0.03) -> list[float]:
+def _train_steps(m, params, C, X, solve: SolveConfig, n=6, lr=0.03) -> list[float]:
     from problems.traffic.train import flow_loss
 
+    m.set_solve(solve)
     opt = torch.optim.Adam(params, lr=lr)
     losses = []
     for _ in range(n):
         opt.zero_grad()
-        pred, _ = m(C, backward=backward)
+        pred, _ = m(C)
         loss = flow_loss(pred, X)
         loss.backward()
         opt.step()
@@ -119,18 +121,16 @@ def test_jfb_steps_lower_loss_cost_parameters(congested):
         for name in ("alpha", "beta", "kappa", "eta"):
             getattr(m, name).copy_(getattr(ref, name))
     losses = _train_steps(m, [m.theta_c, m.theta_t], torch.as_tensor(ds.contexts), torch.as_tensor(ds.flows),
-                          "jfb", n=4, lr=0.05)
+                          m.config.solve.with_(backward="jfb"), n=4, lr=0.05)
     assert losses[0] > 1e-6
     assert losses[-1] < 0.5 * losses[0]
 
 
 def test_implicit_steps_lower_loss_all_parameters(small):
-    import fpntools
-
     net, dem, ds = small
     m = _model(net, dem, ds, warm_gap=1e-10)
     losses = _train_steps(m, list(m.parameters()), torch.as_tensor(ds.contexts), torch.as_tensor(ds.flows),
-                          fpntools.Implicit(tol=1e-6, max_iter=50), n=4)
+                          m.config.solve.with_(backward="implicit", backward_tol=1e-6, backward_max_iter=50), n=4)
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -169,9 +169,9 @@ needs_sf = pytest.mark.skipif(tntp_dir() is None or not (tntp_dir() / "SiouxFall
 def _invoke(args):
     from typer.testing import CliRunner
 
-    from problems.traffic.cli import app
+    from fpntools.cli import app
 
-    return CliRunner().invoke(app, args)
+    return CliRunner().invoke(app, ["traffic", *args])
 
 
 @needs_sf

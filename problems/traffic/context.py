@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from fpntools.training.checkpoint import atomic_write
+from fpntools.atomic_io import atomic_write
 from problems.traffic.equilibrium import solve_equilibrium
 from problems.traffic.tntp import Network
 
-__all__ = ["ContextMap", "TrafficDataset", "generate_dataset"]
+__all__ = ["ContextMap", "TrafficDataset", "generate_dataset", "parse_contexts"]
 
 MAP_VERSION = 1
 
@@ -238,3 +238,63 @@ def generate_dataset(
     if cache_path is not None:
         ds.save(cache_path)
     return ds
+
+
+def parse_contexts(context: str | None, context_file: str | os.PathLike | None, num_zones: int) -> np.ndarray:
+    """Contexts ``(n, 3 + Z)`` from a string (the full vector, or ``w,s,e[,zone]`` with a 1-based event zone)
+    or a file (``.npy``, ``.json`` list of vectors, or CSV / whitespace text, one context per line).
+
+    Exactly one of ``context`` / ``context_file``.  Raises :class:`fpntools.errors.UserInputError` naming the
+    problem: wrong length or shape, unreadable file, NaN / inf, entries outside ``[0, 1]``, two event zones.
+    """
+    import json
+
+    from fpntools.errors import UserInputError
+
+    dim = 3 + num_zones
+    if (context is None) == (context_file is None):
+        raise UserInputError("give exactly one of --context and --context-file")
+    if context is not None:
+        try:
+            vals = [float(v) for v in context.replace(" ", "").split(",") if v != ""]
+        except ValueError:
+            raise UserInputError(f"--context must be comma-separated numbers, got {context!r}") from None
+        if len(vals) in (3, 4):
+            full = np.zeros(dim)
+            full[:3] = vals[:3]
+            if len(vals) == 4:
+                z = vals[3]
+                if not (np.isfinite(z) and z == int(z) and 1 <= z <= num_zones):
+                    raise UserInputError(f"event zone must be an integer in 1..{num_zones}, got {vals[3]}")
+                full[3 + int(z) - 1] = 1.0
+            arr = full[None]
+        elif len(vals) == dim:
+            arr = np.asarray(vals)[None]
+        else:
+            raise UserInputError(f"--context needs 3 or 4 values (w,s,e[,zone]) or {dim} values (full vector), "
+                                 f"got {len(vals)}")
+    else:
+        context_file = Path(context_file)
+        if not context_file.is_file():
+            raise UserInputError(f"context file not found: {context_file}")
+        try:
+            if context_file.suffix == ".npy":
+                arr = np.load(context_file, allow_pickle=False)
+            elif context_file.suffix == ".json":
+                arr = np.asarray(json.loads(context_file.read_text()), dtype=np.float64)
+            else:
+                arr = np.loadtxt(context_file, delimiter="," if context_file.suffix == ".csv" else None, ndmin=2)
+        except (ValueError, OSError) as e:
+            raise UserInputError(f"cannot read contexts from {context_file}: {e}") from None
+        arr = np.asarray(arr, dtype=np.float64)
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] == 0:
+            raise UserInputError(f"{context_file}: contexts must have shape (n, {dim}), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise UserInputError("context has NaN or infinite entries")
+    if (arr < 0).any() or (arr > 1).any():
+        raise UserInputError("context entries must lie in [0, 1] (w, s, e and the one-hot event zone)")
+    if (arr[:, 3:].sum(axis=1) > 1 + 1e-12).any():
+        raise UserInputError("at most one event zone per context (one-hot part sums to more than 1)")
+    return arr

@@ -66,6 +66,8 @@ class EquilibriumResult:
         origin_flows: ``(len(origins), num_links)`` per-origin link flows, or ``None``.
         num_paths: number of paths with positive flow (path method only).
         cpu_time: process CPU seconds (less sensitive than ``time`` to other load on the machine).
+        status: ``"converged"`` (gap reached), ``"max_iter"``, ``"time_limit"`` or ``"nonfinite"`` (a cost,
+            flow or gap became NaN / infinite: the result must not be used).
     """
 
     flows: np.ndarray
@@ -84,6 +86,12 @@ class EquilibriumResult:
     num_paths: int | None = None
     cpu_time: float | None = None
     extra: dict = field(default_factory=dict)
+    status: str = "converged"
+
+    @property
+    def usable(self) -> bool:
+        """Whether the flows are a certified equilibrium to the requested gap (finite, gap reached)."""
+        return self.status == "converged"
 
 
 class ShortestPaths:
@@ -296,9 +304,17 @@ def solve_equilibrium(
 
     Returns:
         :class:`EquilibriumResult`; ``gap`` is certified at the returned ``flows`` by a fresh shortest-path
-        computation.
+        computation; ``status`` says whether it was reached (``"nonfinite"`` if anything became NaN / inf).
+
+    Raises:
+        :class:`problems.traffic.costs.CostRangeError` (a ``ValueError``) naming the first link whose cost is
+        negative or overflows for flows up to the total demand (checked before solving: Dijkstra needs
+        non-negative costs, and an overflow would turn the solve into NaN); ``ValueError`` for a bad demand
+        matrix, an unknown method or a zone that cannot be reached.
     """
     cost = BPRCost.from_network(network, capacity)
+    total = _od_pairs(network, demand)[3].sum()
+    cost.check_range(float(total), network.link_label)
     if method == "path":
         return _solve_path(network, demand, cost, gap, max_iter, time_limit, return_origin_flows, progress,
                            inner_sweeps, seed, warm_start)
@@ -306,6 +322,20 @@ def solve_equilibrium(
         return _solve_fw(network, demand, cost, gap, max_iter, time_limit, return_origin_flows, progress,
                          conjugate=(method == "cfw"))
     raise ValueError(f"unknown method {method!r}; use 'path', 'cfw' or 'fw'")
+
+
+def _status(g: float, x: np.ndarray, target: float, it: int, max_iter: int, time_limit: float | None,
+            t_start: float) -> str | None:
+    """Why the iteration stops now (``None``: go on)."""
+    if not (np.isfinite(g) and np.isfinite(x).all()):
+        return "nonfinite"
+    if g <= target:
+        return "converged"
+    if it >= max_iter:
+        return "max_iter"
+    if time_limit is not None and time.perf_counter() - t_start > time_limit:
+        return "time_limit"
+    return None
 
 
 def _gap(t: np.ndarray, x: np.ndarray, dist: np.ndarray, row, dest, dem) -> tuple[float, float, float]:
@@ -344,7 +374,8 @@ def _solve_fw(network, demand, cost: BPRCost, target, max_iter, time_limit, want
         history.append(g)
         if bar is not None:
             bar.set_postfix_str(f"gap={g:.2e}")
-        if g <= target or it >= max_iter or (time_limit is not None and time.perf_counter() - t_start > time_limit):
+        status = _status(g, x, target, it, max_iter, time_limit, t_start)
+        if status is not None:
             break
         s, so = y, yo
         if conjugate and s_prev is not None:
@@ -370,9 +401,9 @@ def _solve_fw(network, demand, cost: BPRCost, target, max_iter, time_limit, want
     t = cost(x)
     return EquilibriumResult(
         flows=x, costs=t, gap=g, iterations=it, time=time.perf_counter() - t_start, objective=cost.beckmann(x),
-        converged=bool(g <= target), method="cfw" if conjugate else "fw", gap_history=np.asarray(history),
+        converged=status == "converged", method="cfw" if conjugate else "fw", gap_history=np.asarray(history),
         tstt=tstt, sptt=sptt, origins=origins, origin_flows=xo,
-        cpu_time=time.process_time() - c_start)
+        cpu_time=time.process_time() - c_start, status=status)
 
 
 class _PathStore:
@@ -487,7 +518,8 @@ def _solve_path(network, demand, cost: BPRCost, target, max_iter, time_limit, wa
         history.append(g)
         if bar is not None:
             bar.set_postfix_str(f"gap={g:.2e} paths={store.size}")
-        if g <= target or it >= max_iter or (time_limit is not None and time.perf_counter() - t_start > time_limit):
+        status = _status(g, x, target, it, max_iter, time_limit, t_start)
+        if status is not None:
             break
         store.prune()
         add_shortest(pred)
@@ -521,12 +553,13 @@ def _solve_path(network, demand, cost: BPRCost, target, max_iter, time_limit, wa
                                    weights=w, minlength=origins.size * L).reshape(origins.size, L)
     return EquilibriumResult(
         flows=x, costs=t, gap=g, iterations=it, time=time.perf_counter() - t_start, objective=cost.beckmann(x),
-        converged=bool(g <= target), method="path", gap_history=np.asarray(history), tstt=tstt, sptt=sptt,
+        converged=status == "converged", method="path", gap_history=np.asarray(history), tstt=tstt, sptt=sptt,
         origins=origins, origin_flows=origin_flows, num_paths=int((store.flow > 0).sum()),
         cpu_time=time.process_time() - c_start,
         extra={"inner_sweeps": inner_total,
                "paths": {"store": store, "row_origin": origins[row], "dest": dest, "demand": dem,
-                         "seed": seed}})
+                         "seed": seed}},
+        status=status)
 
 
 def _equilibrate_block(cost: BPRCost, x: np.ndarray, t: np.ndarray, tp: np.ndarray, store: _PathStore,

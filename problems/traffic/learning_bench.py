@@ -20,7 +20,7 @@ import numpy as np
 from fpntools.errors import UserInputError
 from problems.traffic.tntp import Network, tntp_files
 
-__all__ = ["BenchRow", "bench_network", "format_table", "plot_flows"]
+__all__ = ["BenchRow", "bench_network", "bench_command", "format_table", "plot_flows"]
 
 
 @dataclass
@@ -72,10 +72,19 @@ def bench_network(name: str, n_train: int, n_test: int, gap: float = 1e-8, model
     """Benchmark one network (see the module docstring)."""
     from problems.traffic.train import TrainConfig, baselines, evaluate, load_data
 
+    import sys
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"{name}: {msg}", file=sys.stderr, flush=True)
+
     cfg = TrainConfig(network=name, n_train=n_train, n_test=n_test, gap=gap)
+    say(f"certified data ({n_train} + {n_test} contexts, gap {gap:.0e}; cached under {cfg.cache})")
     net, _, tr, te = load_data(cfg, progress=progress)
     model, train_cpu = _model_for(name, Path(models), cfg, epochs, progress)
-    met = evaluate(model, te)
+    say(f"N-FPN predictions on the {len(te)} test contexts")
+    met = evaluate(model, te, progress=progress)
+    say("MLP baseline fit")
     base = baselines(tr, te)
     allt = np.concatenate([tr.times, te.times])
     alli = np.concatenate([tr.iterations, te.iterations])
@@ -95,6 +104,40 @@ def bench_network(name: str, n_train: int, n_test: int, gap: float = 1e-8, model
         const_rel_l2=base["constant"]["rel_l2"], const_trafix=base["constant"]["trafix"],
         mlp_rel_l2=base["mlp"]["rel_l2"], mlp_trafix=base["mlp"]["trafix"],
     )
+
+
+def bench_command(networks: str, *, n_train: int = 200, n_test: int = 50, gap: float = 1e-8,
+                  models: str | Path = "runs/traffic", epochs: int = 5, figure_dir: str | Path = "out/traffic",
+                  progress: bool = True) -> list[BenchRow]:
+    """``fpntools traffic bench``: :func:`bench_network` for each of the comma-separated ``networks`` (missing
+    data: skipped with a warning), then the markdown table on stdout.  Progress on stderr."""
+    import sys
+
+    import torch
+
+    from fpntools.cli_support import check_output_dir, warn
+    from problems.traffic.commands import check_gap
+
+    names = [n.strip() for n in networks.split(",") if n.strip()]
+    if not names:
+        raise UserInputError("--networks is empty")
+    for label, v in (("--n-train", n_train), ("--n-test", n_test), ("--epochs", epochs)):
+        if v < 1:
+            raise UserInputError(f"{label} must be >= 1, got {v}")
+    check_gap(gap)
+    figure_dir = check_output_dir(figure_dir, what="--figures folder")
+    torch.set_num_threads(1)
+    rows = []
+    for name in names:
+        try:
+            rows.append(bench_network(name, n_train, n_test, gap=gap, models=models, epochs=epochs,
+                                      figure=figure_dir / f"{name}_flows.png", progress=progress))
+        except (FileNotFoundError, KeyError) as e:
+            warn(f"skipping {name}: {e.args[0] if e.args else e}")
+    print(format_table(rows), flush=True)
+    if progress:
+        print(f"figures in {figure_dir}", file=sys.stderr, flush=True)
+    return rows
 
 
 def format_table(rows: list[BenchRow]) -> str:

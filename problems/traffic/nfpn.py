@@ -61,55 +61,112 @@ the box is unchanged, and ``L = R max_a t'_a / m_a``.  The VI in ``y`` has the s
 ``x = M^{-1/2} P_{C_+}(z*)``.
 
 Forward solve: from ``z0`` given by :meth:`TrafficNFPN.warm_state` (the path solver on the *learned* cost and
-demand, turned into the DY fixed point through reduced costs), polished by ``fpntools.fixed_point`` (Anderson,
-``tol``); from ``z0 = 0`` plain DY needs many thousands of iterations on these problems.
+demand, turned into the DY fixed point through reduced costs), polished by the model's
+:class:`fpntools.FixedPoint` (built by :func:`fpntools.make_fixed_point` from ``NFPNConfig.solve``, a
+:class:`fpntools.SolveConfig`: Anderson, ``tol = 1e-9``); from ``z0 = 0`` plain DY needs many thousands of
+iterations on these problems.
 
-Gradients: ``fpntools.fixed_point(..., backward=...)`` with ``"jfb"`` (one application of ``T`` at the fixed
-point) or :class:`fpntools.Implicit` (adjoint fixed point); see :mod:`problems.traffic.train`.
+Gradients: ``NFPNConfig.solve.backward``: ``"implicit"`` (adjoint fixed point, ``backward_tol``,
+``backward_max_iter``) or ``"jfb"`` (one application of ``T`` at the fixed point); see
+:mod:`problems.traffic.train`.  The link costs are :func:`problems.traffic.costs.bpr` (the formula the
+equilibrium solver uses), evaluated on torch tensors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as Fnn
 from torch import Tensor, nn
 
-from fpntools import fixed_point
+from fpntools import SolveConfig, make_fixed_point
+from fpntools.errors import UserInputError
 from fpntools.operators import AffineSet, Box, DavisYin
+from problems.traffic.costs import bpr, bpr_derivative
 from problems.traffic.tntp import Network
 
 __all__ = ["NFPNConfig", "TrafficNFPN", "network_fingerprint", "incidence_matrix"]
 
 
+def default_solve() -> SolveConfig:
+    """The N-FPN's solver settings: Anderson (memory 6) to relative residual ``1e-9`` in at most 50 steps from
+    the warm start, implicit gradients with the adjoint solved to ``1e-6`` in at most 100 steps."""
+    return SolveConfig(solver="anderson", anderson_m=6, tol=1e-9, max_iter=50, backward="implicit",
+                       backward_tol=1e-6, backward_max_iter=100)
+
+
+#: keys of the first model files, which held the forward solver's settings at the top level
+_OLD_SOLVE_KEYS = ("solver", "anderson_m", "tol", "max_iter")
+
+
 @dataclass
 class NFPNConfig:
-    """Settings of the N-FPN (architecture and forward solver).
+    """Settings of the N-FPN (architecture, warm start and the fixed-point solve).
 
     Attributes:
         network: network name (for :func:`problems.traffic.tntp.load_known`).
-        solver: forward solver of :func:`fpntools.fixed_point` (``"anderson"`` or ``"picard"``).
-        anderson_m: Anderson memory.
-        tol: relative fixed-point residual ``||T(z) - z|| / ||T(z)||`` to stop at.
-        max_iter: iteration cap of the forward solve.
         step_scale: ``gamma L_ref`` (DY needs ``gamma L < 2``).
         cap_floor: lower bound of the capacity modifier ``1 + theta^c . phi``.
+        warm: ``"equilibrium"`` (warm start from the path solver on the learned cost) or ``"zero"``.
+        warm_gap: relative gap of that warm start.
+        metric_floor: floor of the diagonal metric, relative to its largest entry.
+        solve: how the fixed point is solved and differentiated (:class:`fpntools.SolveConfig`,
+            :func:`default_solve`).
     """
 
     network: str = "SiouxFalls"
-    solver: str = "anderson"
-    anderson_m: int = 6
-    tol: float = 1e-9
-    max_iter: int = 50
     step_scale: float = 1.0
     cap_floor: float = 0.05
     warm: str = "equilibrium"
     warm_gap: float = 1e-9
     metric_floor: float = 1e-2
+    solve: SolveConfig = field(default_factory=default_solve)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.solve, dict):
+            self.solve = SolveConfig.from_dict(self.solve)
+        if self.warm not in ("equilibrium", "zero"):
+            raise UserInputError(f"warm must be 'equilibrium' or 'zero', got {self.warm!r}")
+        for name in ("step_scale", "cap_floor", "warm_gap", "metric_floor"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise UserInputError(f"N-FPN config {name} must be a positive number, got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (``solve`` nested); :meth:`from_dict` inverts it."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "solve"}
+        out["solve"] = self.solve.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NFPNConfig":
+        """Inverse of :meth:`to_dict`.  Also reads the first model files, whose top level held ``solver``,
+        ``anderson_m``, ``tol`` and ``max_iter`` (mapped into ``solve``, the rest of it at its defaults).
+        Unknown keys or bad values: :class:`fpntools.errors.UserInputError`."""
+        d = dict(d)
+        solve = d.pop("solve", None)
+        old = {k: d.pop(k) for k in _OLD_SOLVE_KEYS if k in d}
+        if solve is None:
+            solve = default_solve().with_(**old).to_dict()
+        elif old:
+            raise UserInputError(f"N-FPN config has both 'solve' and the old keys {sorted(old)}")
+        names = {f.name for f in fields(cls)} - {"solve"}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserInputError(f"unknown N-FPN config keys: {', '.join(unknown)}")
+        return cls(**d, solve=SolveConfig.from_dict(solve))
+
+
+class _DYStep(nn.Module):
+    """The layer of the model's :class:`fpntools.FixedPoint`: one application of the batch's DY map ``T``."""
+
+    def forward(self, z: Tensor, T: DavisYin) -> Tensor:
+        return T(z)
 
 
 def incidence_matrix(network: Network) -> np.ndarray:
@@ -151,6 +208,7 @@ class TrafficNFPN(nn.Module):
         super().__init__()
         self.config = config or NFPNConfig()
         self.network = network
+        self.set_solve(self.config.solve)
         dt = torch.float64
         L, N, Z = network.num_links, network.num_nodes, network.num_zones
         D0 = np.asarray(base_demand, dtype=np.float64).copy()
@@ -245,17 +303,24 @@ class TrafficNFPN(nn.Module):
         b = torch.zeros(B, R, self.num_nodes, dtype=Dm.dtype, device=Dm.device)
         b[:, :, :Z] = -Dm
         out_tot = Dm.sum(dim=2)
-        b[:, torch.arange(R), self.origins] += out_tot
+        b[:, torch.arange(R, device=Dm.device), self.origins] += out_tot
         return b
 
     def link_cost(self, X: Tensor, cap: Tensor, t0: Tensor) -> Tensor:
-        """``t_a(X) = t0 (1 + b (X / c)^p)`` (cost units), ``X`` clamped at 0."""
-        return t0 * (1.0 + self.bpr_b * (X.clamp(min=0.0) / cap) ** self.power) + self.fixed
+        """``t_a(X) = t0 (1 + b (X / c)^p) + k`` (cost units; :func:`problems.traffic.costs.bpr`)."""
+        return bpr(X, t0, self.bpr_b, cap, self.power, self.fixed)
 
     def link_cost_derivative(self, X: Tensor, cap: Tensor, t0: Tensor) -> Tensor:
-        """``t'_a(X) = t0 b p X^{p-1} / c^p``."""
-        Xc = X.clamp(min=0.0)
-        return t0 * self.bpr_b * self.power * (Xc / cap) ** (self.power - 1.0) / cap
+        """``t'_a(X) = t0 b p (X / c)^{p-1} / c`` (:func:`problems.traffic.costs.bpr_derivative`)."""
+        return bpr_derivative(X, t0, self.bpr_b, cap, self.power)
+
+    def set_solve(self, solve: SolveConfig) -> None:
+        """Use ``solve`` (a :class:`fpntools.SolveConfig`) for the fixed point from now on (``config.solve`` is
+        updated; e.g. ``model.set_solve(model.config.solve.with_(backward="jfb"))``)."""
+        self.config.solve = solve
+        self.fixed_point = make_fixed_point(_DYStep(), solve)
+        # from the warm start the residual is tiny; a relative growth test would stop samples spuriously
+        self.fixed_point.loop_options["divergence_factor"] = None
 
     def operator(self, d: Tensor) -> tuple[DavisYin, Tensor]:
         """The DY map ``T`` for a batch of contexts and its step ``gamma`` (a 0-dim tensor)."""
@@ -279,22 +344,20 @@ class TrafficNFPN(nn.Module):
 
         return DavisYin(prox_aff, prox_box, cost, step=gamma), torch.tensor(gamma)
 
-    def forward(self, contexts: Tensor, z0: Tensor | None = None, backward="jfb",
-                return_state: bool = False, warm_cache: dict | None = None, keys: list[int] | None = None):
+    def forward(self, contexts: Tensor, z0: Tensor | None = None, return_state: bool = False,
+                warm_cache: dict | None = None, keys: list[int] | None = None):
         """Predicted equilibrium link flows ``(B, L)`` (vehicles) and the solver info (plus the DY state
         ``z*`` with ``return_state``).  ``warm_cache`` (a dict, with one hashable key per sample in ``keys``)
-        keeps each sample's path-solver result between calls (training epochs) to warm-start it."""
-        d = torch.as_tensor(contexts, dtype=torch.float64)
+        keeps each sample's path-solver result between calls (training epochs) to warm-start it.  Solved and
+        differentiated as ``config.solve`` says."""
+        d = torch.as_tensor(contexts, dtype=torch.float64, device=self.t0.device)
         T, gamma = self.operator(d)
         if z0 is None:
             if self.config.warm == "equilibrium":
                 z0 = self.warm_state(d, float(gamma), warm_cache, keys)
             else:
-                z0 = torch.zeros(d.shape[0], self.num_origins, self.num_links, dtype=torch.float64)
-        cfg = self.config
-        opts = dict(m=cfg.anderson_m) if cfg.solver == "anderson" else {}
-        z, info = fixed_point(T, z0, solver=cfg.solver, backward=backward, tol=cfg.tol, max_iter=cfg.max_iter,
-                              divergence_factor=None, **opts)
+                z0 = torch.zeros(d.shape[0], self.num_origins, self.num_links, dtype=torch.float64, device=d.device)
+        z, info = self.fixed_point(T, z0=z0)
         x = T.solution(z) / self.metric_sqrt
         flows = x.sum(dim=1) * self.flow_unit
         return (flows, info, z) if return_state else (flows, info)
@@ -312,10 +375,10 @@ class TrafficNFPN(nn.Module):
         from problems.traffic.equilibrium import ShortestPaths, solve_equilibrium
 
         net = self.network
-        cap = (self.capacities(d) * self.flow_unit).numpy()
-        t0 = (self.free_flow(d) * self.cost_unit).numpy()
-        dem_rows = (self.demand(d) * self.flow_unit).numpy()
-        origins = self.origins.numpy()
+        cap = (self.capacities(d) * self.flow_unit).cpu().numpy()
+        t0 = (self.free_flow(d) * self.cost_unit).cpu().numpy()
+        dem_rows = (self.demand(d) * self.flow_unit).cpu().numpy()
+        origins = self.origins.cpu().numpy()
         B, R, L = d.shape[0], self.num_origins, self.num_links
         xs = np.zeros((B, R, L))
         prev = None
@@ -330,19 +393,18 @@ class TrafficNFPN(nn.Module):
                 cache[keys[i]] = res
             rows = np.searchsorted(origins, res.origins)
             xs[i, rows] = res.origin_flows
-        x = torch.as_tensor(xs / self.flow_unit)
+        x = torch.as_tensor(xs / self.flow_unit, device=d.device)
         X = x.sum(dim=1)
-        t = self.link_cost(X, self.capacities(d), self.free_flow(d))  # (B, L), cost units
+        t = self.link_cost(X, self.capacities(d), self.free_flow(d)).cpu().numpy()  # (B, L), cost units
         sp_ = ShortestPaths(net, origins)
-        z = torch.empty_like(x)
-        ms = self.metric_sqrt
+        red = np.empty((B, R, L))
         for i in range(B):
-            dist, _ = sp_.trees(t[i].numpy())
+            dist, _ = sp_.trees(t[i])
             pi = np.nan_to_num(dist[:, : self.num_nodes], posinf=0.0)
             pi[np.arange(R), origins] = 0.0
-            red = t[i].numpy()[None, :] + pi[:, net.init] - pi[:, net.term]
-            z[i] = x[i] * ms - gamma * torch.as_tensor(red) / ms
-        return z
+            red[i] = t[i][None, :] + pi[:, net.init] - pi[:, net.term]
+        ms = self.metric_sqrt
+        return x * ms - gamma * torch.as_tensor(red, device=d.device) / ms
 
     # ------------------------------------------------------------------ diagnostics
     @torch.no_grad()
@@ -412,4 +474,4 @@ class TrafficNFPN(nn.Module):
 
     def config_dict(self) -> dict:
         """Config plus the network fingerprint (for :func:`problems.traffic.train.save_model`)."""
-        return dict(asdict(self.config), fingerprint=self.fingerprint)
+        return dict(self.config.to_dict(), fingerprint=self.fingerprint)

@@ -20,6 +20,8 @@ Every malformed input raises :class:`TNTPError`, which names the file, the line 
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import re
 import warnings
@@ -42,6 +44,9 @@ __all__ = [
     "tntp_dir",
     "tntp_files",
     "KNOWN_NETWORKS",
+    "CostWeights",
+    "identify_network",
+    "resolve_cost_weights",
     "write_net",
     "write_trips",
 ]
@@ -133,6 +138,20 @@ class Network:
     def fixed_cost(self) -> np.ndarray:
         """Flow-independent part of the generalised cost: ``toll_factor * toll + distance_factor * length``."""
         return self.toll_factor * self.toll + self.distance_factor * self.length
+
+    def link_label(self, a: int) -> str:
+        """``"link 5 (3->7)"``: the 1-based link number (line order of the file) and its end nodes."""
+        return f"link {a + 1} ({int(self.init[a]) + 1}->{int(self.term[a]) + 1})"
+
+    def content_fingerprint(self) -> str:
+        """A hash of the link table as read (topology, capacity, length, free-flow time, b, power, toll) and
+        the zone / node counts; independent of file formatting, name and generalised-cost weights."""
+        h = hashlib.sha256()
+        for a in (self.init, self.term, self.capacity, self.length, self.free_flow_time, self.b, self.power,
+                  self.toll):
+            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+        h.update(repr((self.num_nodes, self.num_zones, self.first_thru_node)).encode())
+        return h.hexdigest()[:16]
 
     def link_index(self) -> dict[tuple[int, int], int]:
         """Map ``(init, term)`` (0-based) to the first link index with these end nodes."""
@@ -284,6 +303,9 @@ def read_net(path: str | os.PathLike, *, toll_factor: float = 0.0, distance_fact
     in ``1..NUMBER OF NODES``, capacity, length, free-flow time, b and power are non-negative, capacity is
     positive where ``b > 0``, and the number of links matches the metadata.
     """
+    for name, v in (("toll_factor", toll_factor), ("distance_factor", distance_factor)):
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v}")
     path = Path(path)
     lines = _lines(path)
     meta = _read_metadata(path, lines)
@@ -447,17 +469,91 @@ def load_network(net: str | os.PathLike, trips: str | os.PathLike | None = None,
 
 # ----------------------------------------------------------------------------------------------- data location
 
-#: Known networks of the TransportationNetworks collection: folder, file prefix and generalised-cost weights.
+#: Known networks of the TransportationNetworks collection: folder, file prefix, the content fingerprint of
+#: the link table (:meth:`Network.content_fingerprint`, to recognise the network from its file) and the
+#: generalised-cost weights its README publishes (toll in minutes per toll unit, distance in minutes per
+#: length unit; ``None``: the README leaves them blank).
 KNOWN_NETWORKS: dict[str, dict] = {
-    "SiouxFalls": dict(folder="SiouxFalls", prefix="SiouxFalls"),
-    "Anaheim": dict(folder="Anaheim", prefix="Anaheim"),
-    "Eastern-Massachusetts": dict(folder="Eastern-Massachusetts", prefix="EMA"),
-    "Berlin-Friedrichshain": dict(folder="Berlin-Friedrichshain", prefix="friedrichshain-center"),
-    "Berlin-Tiergarten": dict(folder="Berlin-Tiergarten", prefix="berlin-tiergarten"),
-    "Chicago-Sketch": dict(folder="Chicago-Sketch", prefix="ChicagoSketch", toll_factor=0.02,
-                           distance_factor=0.04),
-    "Winnipeg": dict(folder="Winnipeg", prefix="Winnipeg"),
+    "SiouxFalls": dict(folder="SiouxFalls", prefix="SiouxFalls", fingerprint="51971d02be017c4f",
+                       toll_factor=0.0, distance_factor=0.0),
+    "Anaheim": dict(folder="Anaheim", prefix="Anaheim", fingerprint="19d1280ed2653498",
+                    toll_factor=0.0, distance_factor=0.0),
+    "Eastern-Massachusetts": dict(folder="Eastern-Massachusetts", prefix="EMA", fingerprint="90659f411863dcd0",
+                                  toll_factor=0.0, distance_factor=0.0),
+    "Berlin-Friedrichshain": dict(folder="Berlin-Friedrichshain", prefix="friedrichshain-center",
+                                  fingerprint="8bef1bd54045c44e", toll_factor=None, distance_factor=None),
+    "Berlin-Tiergarten": dict(folder="Berlin-Tiergarten", prefix="berlin-tiergarten", fingerprint="55b1582d33edc1ec",
+                              toll_factor=None, distance_factor=None),
+    "Chicago-Sketch": dict(folder="Chicago-Sketch", prefix="ChicagoSketch", fingerprint="211b2bc9c2e3f54e",
+                           toll_factor=0.02, distance_factor=0.04),
+    "Winnipeg": dict(folder="Winnipeg", prefix="Winnipeg", fingerprint="0c2f010ba1dd52b3",
+                     toll_factor=0.0, distance_factor=0.0),
 }
+
+
+def identify_network(network: Network) -> str | None:
+    """The name of the known network whose link table ``network`` has (by content, not by file name), or
+    ``None``."""
+    fp = network.content_fingerprint()
+    for name, info in KNOWN_NETWORKS.items():
+        if info["fingerprint"] == fp:
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class CostWeights:
+    """Generalised-cost weights chosen by :func:`resolve_cost_weights` and what to tell the user about them."""
+
+    toll_factor: float
+    distance_factor: float
+    network: str | None = None  # the recognised known network, if any
+    notes: tuple[str, ...] = ()  # what was chosen and why
+    warnings: tuple[str, ...] = ()  # attributes the chosen weights ignore
+
+
+def resolve_cost_weights(network: Network, toll_factor: float | None = None, distance_factor: float | None = None,
+                         labels: tuple[str, str] = ("toll_factor", "distance_factor")) -> CostWeights:
+    """Generalised-cost weights for ``network``: the given ones, else the published ones of a network
+    recognised by its content (:func:`identify_network`; Chicago-Sketch: toll 0.02, distance 0.04), else 0.
+
+    A weight left at 0 although the links carry that attribute (non-zero tolls or lengths), without a
+    published 0 for a recognised network, gives a warning naming ``labels`` (the option names).  Given
+    weights must be finite and ``>= 0`` (a negative weight makes costs negative, which shortest paths cannot
+    handle): :class:`fpntools.errors.UserInputError` naming the label otherwise.
+    """
+    from fpntools.errors import UserInputError
+
+    given = {"toll_factor": toll_factor, "distance_factor": distance_factor}
+    for (key, v), label in zip(given.items(), labels):
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise UserInputError(f"{label} must be a finite number >= 0, got {v}")
+    known = identify_network(network)
+    published = KNOWN_NETWORKS[known] if known is not None else {}
+    chosen: dict[str, float] = {}
+    notes: list[str] = []
+    warns: list[str] = []
+    carries = {"toll_factor": ("tolls", int(np.count_nonzero(network.toll))),
+               "distance_factor": ("lengths", int(np.count_nonzero(network.length)))}
+    used_published = []
+    for (key, v), label in zip(given.items(), labels):
+        if v is not None:
+            chosen[key] = float(v)
+        elif published.get(key) is not None:
+            chosen[key] = float(published[key])
+            used_published.append(f"{label} {published[key]:g}")
+        else:
+            chosen[key] = 0.0
+            what, count = carries[key]
+            if count:
+                why = (f"{known}'s README gives no weight" if known is not None else "the network is not one "
+                       "whose weights are known")
+                warns.append(f"{count} of {network.num_links} links carry {what} but {label} is 0, so the cost "
+                             f"ignores them ({why}); pass {label} W to weigh them")
+    if used_published:
+        notes.append(f"recognised {known} by its link table: using its published generalised-cost weights "
+                     f"({', '.join(used_published)}); pass {labels[0]} / {labels[1]} to override")
+    return CostWeights(chosen["toll_factor"], chosen["distance_factor"], known, tuple(notes), tuple(warns))
 
 
 def tntp_dir() -> Path | None:
@@ -496,8 +592,8 @@ def load_known(name: str, root: str | os.PathLike | None = None) -> tuple[Networ
     """Load a known network with its demand and its documented generalised-cost weights."""
     files = tntp_files(name, root)
     info = KNOWN_NETWORKS[name]
-    net, demand = load_network(files["net"], files["trips"], toll_factor=info.get("toll_factor", 0.0),
-                               distance_factor=info.get("distance_factor", 0.0))
+    net, demand = load_network(files["net"], files["trips"], toll_factor=info["toll_factor"] or 0.0,
+                               distance_factor=info["distance_factor"] or 0.0)
     net.name = name
     assert demand is not None
     return net, demand

@@ -4,16 +4,21 @@ Data: :func:`problems.traffic.context.generate_dataset` with ``n_train + n_test`
 every sample a certified equilibrium (relative gap ``<= gap``); the first ``n_train`` are the training set.
 
 Loss: mean relative squared error of the link flows ``||X_theta(d) - X(d)||^2 / ||X(d)||^2``; gradients through
-the Davis-Yin fixed point by ``fpntools.fixed_point(..., backward=...)``: ``"implicit"`` (default; adjoint
-fixed point by Anderson) or ``"jfb"`` (Jacobian-free backprop; measured to ascend on the demand parameters, see
-``docs/traffic.md``); Adam with cosine decay.  During training the
-warm start of the forward solve (the path solver on the learned cost) runs to ``train_warm_gaps[epoch]``
-(coarse first, finer later; each sample's path sets are kept between epochs to warm-start it); evaluation
-uses ``NFPNConfig.warm_gap``.
+the Davis-Yin fixed point as the model's :class:`fpntools.SolveConfig` says: ``backward="implicit"`` (default;
+adjoint fixed point by Anderson, tolerance ``1e-6``, at most ``adjoint_iters`` iterations) or ``"jfb"``
+(Jacobian-free backprop; measured to ascend on the demand parameters, see ``docs/traffic.md``).
 
-Checkpoints (``fpntools.training.checkpoint``, atomic): ``<out>/checkpoint.pt`` after every epoch with the
-parameters, the optimizer state, the epoch, the history and the RNG state; ``resume=True`` continues from it.
-The final model is ``<out>/model.safetensors`` + ``<out>/model.json`` (:func:`save_model` / :func:`load_model`).
+Optimisation runs through the one training loop, :class:`fpntools.training.Trainer`: Adam, learning rate
+cosine-annealed per step from ``lr`` to ``lr / 10`` over all steps, batches of ``batch_size`` in a seeded
+order, a progress bar, the run folder ``<out>/`` with ``config.json``, ``history.json`` (per epoch:
+``train_loss``, ``train_rel_err = sqrt(train_loss)``, ``cpu_s``, ...) and ``checkpoint.pt`` (atomic, after every
+epoch and on interruption; ``resume=True`` continues it, an existing checkpoint without ``resume`` / ``force``
+is refused).  During training the warm start of the forward solve (the path solver on the learned cost)
+runs to ``train_warm_gaps[epoch]`` (coarse first, finer later; each sample's path sets are kept between
+epochs to warm-start it, in memory: a resumed run re-solves them, so it matches an uninterrupted one up to
+the solver tolerance); evaluation uses ``NFPNConfig.warm_gap``.  The final model is
+``<out>/model.safetensors`` + ``<out>/model.json`` (:func:`save_model` / :func:`load_model`), with the test
+metrics of :func:`evaluate`.
 """
 
 from __future__ import annotations
@@ -24,18 +29,19 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from fpntools.atomic_io import atomic_write_bytes
 from fpntools.errors import UserInputError
-from fpntools.training.checkpoint import atomic_write_bytes
 from problems.traffic.context import TrafficDataset, generate_dataset
 from problems.traffic.metrics import relative_l2_error, trafix_score
 from problems.traffic.nfpn import NFPNConfig, TrafficNFPN, network_fingerprint
 from problems.traffic.tntp import Network, load_known
 
-__all__ = ["TrainConfig", "load_data", "train", "evaluate", "save_model", "load_model", "baselines",
+__all__ = ["TrainConfig", "load_data", "train", "train_command", "evaluate", "save_model", "load_model", "baselines",
            "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "traffic" / "siouxfalls_nfpn"
@@ -43,11 +49,11 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "traffic" / "siou
 
 @dataclass
 class TrainConfig:
-    """Settings of a training run (data, optimisation, checkpoints).
+    """Settings of a training run (data, model, optimisation recipe).
 
     ``backward``: ``"jfb"`` (one application of the DY map) or ``"implicit"`` (adjoint fixed point solved by
-    Anderson, at most ``adjoint_iters`` iterations, :class:`fpntools.Implicit`).  The learning rate follows a
-    cosine decay from ``lr`` to ``lr / 10`` over all steps.
+    Anderson to ``1e-6``, at most ``adjoint_iters`` iterations); it sets ``model.solve``.  The learning rate
+    follows a cosine decay from ``lr`` to ``lr / 10`` over all steps.
     """
 
     network: str = "SiouxFalls"
@@ -64,6 +70,32 @@ class TrainConfig:
     adjoint_iters: int = 100
     cache: str | None = "cache/traffic"
     model: NFPNConfig = field(default_factory=NFPNConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_test", "epochs", "batch_size", "adjoint_iters"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("gap", "lr"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise UserInputError(f"{name} must be a finite number > 0, got {v}")
+        if self.backward not in ("implicit", "jfb"):
+            raise UserInputError(f"backward must be 'implicit' or 'jfb', got {self.backward!r}")
+        if not self.train_warm_gaps or not all(math.isfinite(g) and g > 0 for g in self.train_warm_gaps):
+            raise UserInputError(f"train_warm_gaps must be positive numbers, got {self.train_warm_gaps}")
+
+    def solve(self):
+        """The model's :class:`fpntools.SolveConfig` during training (``backward``, ``adjoint_iters``)."""
+        return self.model.solve.with_(backward=self.backward, backward_tol=1e-6,
+                                      backward_max_iter=self.adjoint_iters)
+
+    def run_config(self) -> dict[str, Any]:
+        """What defines the run besides the trainer's settings (checked on resume): data and model."""
+        d = _jsonable(asdict(self))
+        for k in ("epochs", "batch_size", "lr", "seed", "cache"):  # the trainer's own fields, or no effect
+            d.pop(k)
+        d["model"] = _jsonable(self.model.to_dict())
+        return {"traffic": d}
 
 
 def load_data(cfg: TrainConfig, progress: bool = False) -> tuple[Network, np.ndarray, TrafficDataset, TrafficDataset]:
@@ -86,93 +118,132 @@ def flow_loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return (((pred - true) ** 2).sum(dim=1) / (true**2).sum(dim=1)).mean()
 
 
+class FlowLoss:
+    """``loss_fn`` of the trainer: :func:`flow_loss` of the model's prediction on a batch ``(keys, contexts,
+    flows)``, with the warm start's gap of the current epoch (``warm_gaps[epoch]``, the last one after) and
+    each sample's path sets kept between epochs (``cache``, keyed by the sample index)."""
+
+    def __init__(self, warm_gaps: tuple[float, ...]) -> None:
+        self.warm_gaps = tuple(warm_gaps)
+        self.cache: dict[int, Any] = {}
+        self.epoch: Callable[[], int] = lambda: 0  # set to the trainer's epoch counter
+
+    def __call__(self, model: TrafficNFPN, batch) -> torch.Tensor:
+        keys, contexts, flows = batch
+        base = model.config.warm_gap
+        model.config.warm_gap = self.warm_gaps[min(self.epoch(), len(self.warm_gaps) - 1)]
+        try:
+            pred, _ = model(contexts, warm_cache=self.cache, keys=[int(k) for k in keys])
+        finally:
+            model.config.warm_gap = base
+        return flow_loss(pred, flows)
+
+
+class _EpochStats:
+    """Trainer hook: per-epoch ``train_rel_err = sqrt(train_loss)`` and process CPU seconds ``cpu_s``."""
+
+    def __init__(self) -> None:
+        self._cpu = time.process_time()
+
+    def on_epoch_end(self, trainer, record: dict) -> None:
+        now = time.process_time()
+        record["train_rel_err"] = math.sqrt(max(float(record.get("train_loss", float("nan"))), 0.0))
+        record["cpu_s"] = now - self._cpu
+        self._cpu = now
+
+
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, progress: bool = True,
-          max_batches: int | None = None) -> tuple[TrafficNFPN, dict]:
-    """Train an N-FPN; returns the model and a summary (history, test metrics, timings)."""
+          max_steps: int | None = None, *, force: bool = False, device: str = "cpu") -> tuple[TrafficNFPN, dict]:
+    """Train an N-FPN with :class:`fpntools.training.Trainer` in the run folder ``out``; returns the model and a
+    summary (history, test metrics, CPU seconds of training).  The model and its test metrics are written to
+    ``out/model.*`` when the run completes (not when it stops at ``max_steps``: ``resume`` continues it).
+
+    Raises :class:`fpntools.errors.UserInputError` for an existing checkpoint without ``resume`` / ``force``, a
+    resumed run with other settings, or a device that is not available."""
+    from torch.utils.data import TensorDataset
+
+    from fpntools.training.trainer import CHECKPOINT_NAME, Trainer, TrainerConfig, print_to_stderr, resolve_device
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    from fpntools.training.checkpoint import load_checkpoint, save_checkpoint
-
+    tcfg = TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam",
+                         schedule="cosine", lr_min_ratio=0.1, seed=cfg.seed, device=device, run_dir=str(out),
+                         resume=resume, force=force, max_steps=max_steps, progress=progress)
+    # refuse before the (possibly long) data generation; the trainer checks the checkpoint itself as well
+    resolve_device(device)
+    if (out / CHECKPOINT_NAME).is_file() and not (resume or force):
+        raise UserInputError(f"run folder {out} already holds a checkpoint; pass --resume to continue it or "
+                             "--force to start over")
     net, dem, tr, te = load_data(cfg, progress=progress)
-    torch.manual_seed(cfg.seed)
     model = TrafficNFPN.build(net, dem, tr.flows, cfg.model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps_per_epoch = math.ceil(cfg.n_train / cfg.batch_size)
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.backward == "jfb":
-        backward = "jfb"
-    elif cfg.backward == "implicit":
-        from fpntools import Implicit
-
-        backward = Implicit(tol=1e-6, max_iter=cfg.adjoint_iters)
-    else:
-        raise ValueError(f"backward must be 'jfb' or 'implicit', got {cfg.backward!r}")
-    ckpt = out / "checkpoint.pt"
-    start, history, train_time = 0, [], 0.0
-    rng = np.random.default_rng(cfg.seed)
-    if resume and ckpt.is_file():
-        state = load_checkpoint(ckpt)
-        model.load_parameters({k: v for k, v in state["params"].items()})
-        opt.load_state_dict(state["optimizer"])
-        start, history, train_time = int(state["epoch"]), list(state["history"]), float(state["train_time"])
-        rng = np.random.default_rng(cfg.seed + 1000 * start)
-    X = torch.as_tensor(tr.flows)
-    C = torch.as_tensor(tr.contexts)
-    warm_gap = model.config.warm_gap
-    warm_cache: dict = {}
-    for epoch in range(start, cfg.epochs):
-        t_ep = time.process_time()
-        perm = rng.permutation(len(tr))
-        batches = [perm[i: i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
-        if max_batches is not None:
-            batches = batches[:max_batches]
-        it = batches
-        if progress:
-            from tqdm.auto import tqdm
-
-            it = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        losses = []
-        model.config.warm_gap = cfg.train_warm_gaps[min(epoch, len(cfg.train_warm_gaps) - 1)]
-        for step, idx in enumerate(it):
-            k = epoch * steps_per_epoch + step
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / total_steps)))
-            opt.zero_grad()
-            pred, _ = model(C[idx], backward=backward, warm_cache=warm_cache, keys=[int(i) for i in idx])
-            loss = flow_loss(pred, X[idx])
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if progress:
-                it.set_postfix_str(f"rel.err={math.sqrt(np.mean(losses[-5:])):.2e}")
-        model.config.warm_gap = warm_gap
-        train_time += time.process_time() - t_ep
-        history.append(dict(epoch=epoch + 1, train_rel_err=float(math.sqrt(np.mean(losses)))))
-        save_checkpoint(ckpt, dict(params=model.parameter_tensors(), optimizer=opt.state_dict(), epoch=epoch + 1,
-                                   history=history, train_time=train_time))
-        if progress:
-            print(f"epoch {epoch + 1}: train rel. error {history[-1]['train_rel_err']:.3e}", flush=True)
-    metrics = evaluate(model, te)
-    summary = dict(config=_jsonable(asdict(cfg)), history=history, train_cpu_s=train_time, test=metrics,
-                   n_train=len(tr), n_test=len(te))
-    save_model(model, out / "model", extra=summary)
+    model.set_solve(cfg.solve())
+    data = TensorDataset(torch.arange(len(tr)), torch.as_tensor(tr.contexts), torch.as_tensor(tr.flows))
+    loss = FlowLoss(cfg.train_warm_gaps)
+    trainer = Trainer(model, loss, data, tcfg, hooks=[_EpochStats()], run_config=cfg.run_config(),
+                      log=print_to_stderr if progress else None)
+    loss.epoch = lambda: trainer.epoch
+    result = trainer.fit()
+    model.set_solve(cfg.model.solve)  # inference settings in the saved model
+    history = [dict(h) for h in result.history]
+    train_cpu = float(sum(h.get("cpu_s", 0.0) for h in history))
+    summary: dict[str, Any] = dict(config=_jsonable(asdict(cfg)), history=history, train_cpu_s=train_cpu,
+                                   n_train=len(tr), n_test=len(te), completed=result.completed)
+    if result.completed:
+        model_cpu = model.to("cpu")
+        summary["test"] = evaluate(model_cpu, te)
+        save_model(model_cpu, out / "model", extra=summary)
     return model, summary
+
+
+def train_command(*, network: str, out: str | os.PathLike, n_train: int, n_test: int, gap: float, epochs: int,
+                  batch_size: int, lr: float, seed: int, backward: str, adjoint_iters: int, data_seed: int,
+                  cache: str | os.PathLike, device: str, resume: bool, force: bool, quiet: bool) -> dict:
+    """``fpntools traffic train``: validate the options, train (:func:`train`), print the test metrics as JSON
+    and a line saying whether the model is usable.  Bad options, an unknown network, missing TNTP files or an
+    existing checkpoint without ``--resume`` / ``--force``: :class:`fpntools.errors.UserInputError` before any
+    computation.  Non-finite test predictions: :class:`fpntools.cli_support.NotUsableError`."""
+    import sys
+
+    from fpntools.cli_support import NotUsableError, check_output_dir
+
+    cfg = TrainConfig(network=network, n_train=n_train, n_test=n_test, gap=gap, epochs=epochs,
+                      batch_size=batch_size, lr=lr, seed=seed, data_seed=data_seed, cache=str(cache),
+                      backward=backward, adjoint_iters=adjoint_iters)
+    out = check_output_dir(out, what="run folder --out")
+    torch.set_num_threads(1)
+    try:
+        _, summary = train(cfg, out, resume=resume, force=force, device=device, progress=not quiet)
+    except (FileNotFoundError, KeyError) as e:
+        raise UserInputError(f"network {network}: {e.args[0] if e.args else e}") from None
+    test = summary.get("test")
+    if test is None:
+        raise NotUsableError(f"training stopped before its last epoch; no model written (--resume continues "
+                             f"from {out / 'checkpoint.pt'})")
+    if not all(math.isfinite(v) for v in test.values()):
+        raise NotUsableError(f"the trained model's test metrics are not finite ({test}); do not use {out}/model.*")
+    print(json.dumps(dict(test=test, train_cpu_s=round(summary["train_cpu_s"], 1),
+                          model=str(out / "model.safetensors"))), flush=True)
+    print(f"test relative L2 error {test['rel_l2']:.3e}, fixed-point residual <= {test['fp_residual']:.1e}: "
+          f"model usable: wrote {out / 'model.safetensors'} and {out / 'model.json'}", file=sys.stderr, flush=True)
+    return summary
 
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def evaluate(model: TrafficNFPN, data: TrafficDataset, batch: int = 25) -> dict:
+def evaluate(model: TrafficNFPN, data: TrafficDataset, batch: int = 25, progress: bool = False) -> dict:
     """Test metrics: relative L2 error, TRAFIX, Wardrop gap of the predictions under the true costs,
     conservation error, fixed-point residual, CPU seconds per sample."""
+    from tqdm.auto import tqdm
+
     from problems.traffic.context import ContextMap
     from problems.traffic.metrics import conservation_error, wardrop_gap
 
     t = time.process_time()
     preds, res = [], []
     with torch.no_grad():
-        for i in range(0, len(data), batch):
+        for i in tqdm(range(0, len(data), batch), desc="N-FPN predictions", unit="batch", disable=not progress,
+                      leave=False):
             p, info = model(torch.as_tensor(data.contexts[i: i + batch]))
             preds.append(p.numpy())
             res.append(info.rel_residual.numpy())
@@ -243,9 +314,11 @@ def load_model(prefix: str | os.PathLike = DEFAULT_MODEL, network: Network | Non
             raise UserInputError(f"model file not found: {p}")
     try:
         meta = json.loads(js.read_text())
-        cfg = NFPNConfig(**{k: meta[k] for k in NFPNConfig.__dataclass_fields__})
         fingerprint = meta["fingerprint"]
-    except (ValueError, KeyError, TypeError) as e:
+        cfg = NFPNConfig.from_dict({k: v for k, v in meta.items() if k not in ("fingerprint", "extra")})
+    except UserInputError as e:
+        raise UserInputError(f"model config {js} does not fit the traffic N-FPN: {e}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserInputError(f"model config {js} is corrupt: {e}") from None
     try:
         tensors = load(st.read_bytes())
