@@ -54,10 +54,11 @@ from fpntools.augmented import (
     naive_solve,
     solve_equilibrium,
 )
+from fpntools.metrics import psnr
 from fpntools.operators import lanczos
 from fpntools.regularization import jacobian_frobenius
 from problems.imaging.bench import TASKS, make_observation, run_task
-from problems.imaging.data import TRAIN_IMAGES, PatchSampler, center_crop, load_image, psnr, validation_crops
+from problems.imaging.data import TRAIN_IMAGES, PatchSampler, center_crop, load_image, validation_crops
 from problems.imaging.model import load_decoder
 from problems.imaging.tasks import (
     AUGMENTED_DEFAULT,
@@ -113,7 +114,8 @@ def encoder(model) -> None:
         vals = []
         for _, img in crops:
             y, mask = make_observation(img, task)
-            vals.append(psnr(keep_known(restore_amortized(model, y, mask, task_config(task)), y, mask, task.sigma), img))
+            out = keep_known(restore_amortized(model, y, mask, task_config(task)), y, mask, task.sigma)
+            vals.append(float(psnr(np.clip(out, 0, 1), img)))
         print(f"{task.name}: encoder alone {np.mean(vals):.2f} dB (mean of {len(crops)} validation crops)")
 
 
@@ -124,9 +126,13 @@ def tv_oracle(model) -> None:
         for task in TASKS:
             y, mask = make_observation(img, task)
             out, _ = restore_augmented(model, y, mask, task_config(task))
-            tv = {w: psnr(tv_denoise(y, w) if mask is None else tv_inpaint(y, mask, w), img) for w in weights}
+            tv = {}
+            for w in weights:
+                u = tv_denoise(y, w) if mask is None else tv_inpaint(y, mask, w)
+                tv[w] = float(psnr(np.clip(u, 0, 1), img))
             best = max(tv, key=tv.get)
-            print(f"{name} {task.name}: augmented {psnr(keep_known(out, y, mask, task.sigma), img):.3f} dB, "
+            db = float(psnr(np.clip(keep_known(out, y, mask, task.sigma), 0, 1), img))
+            print(f"{name} {task.name}: augmented {db:.3f} dB, "
                   f"TV oracle {tv[best]:.3f} dB (weight {best:g})")
 
 

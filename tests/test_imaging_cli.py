@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,173 @@ def test_denoise_and_inpaint_write_png(tmp_path: Path, gray: Path) -> None:
     res = iio.imread(out2)
     assert res.shape == (16, 16)
     np.testing.assert_array_equal(res[mask > 0], iio.imread(gray)[mask > 0])  # known pixels kept (noiseless)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# output paths, weights files, solver status, size limit, progress (issue 14's bad-input table)
+
+
+def _small_weights(path: Path, **fill: float) -> Path:
+    """A small decoder's weights file; ``fill`` sets named tensors to a constant (e.g. huge values)."""
+    import torch
+
+    from problems.imaging.model import DecoderConfig, DEQDecoder, save_decoder
+
+    torch.manual_seed(0)
+    model = DEQDecoder(DecoderConfig(channels=8, latent_channels=2, encoder_width=8))
+    with torch.no_grad():
+        for name, value in fill.items():
+            model.get_parameter(name).fill_(value)
+    save_decoder(model, path)
+    return path
+
+
+def _with_metadata(src: Path, dst: Path, **changes: str) -> Path:
+    """Copy a safetensors file with some metadata entries replaced."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    meta.update(changes)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fail the test if a restoration starts (checks must come first)."""
+    import problems.imaging.commands as commands
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the restoration started before the inputs were checked")
+
+    monkeypatch.setattr(commands, "restore_image", boom)
+
+
+def test_out_directory_or_missing_folder_rejected_before_computing(tmp_path: Path, gray: Path, no_compute) -> None:
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    _fails(["imaging", "denoise", str(gray), "--out", str(folder)], tmp_path / "x.png", "is a directory")
+    _fails(["imaging", "denoise", str(gray), "--out", str(tmp_path)], tmp_path / "x.png", "must end in .png")
+    out = tmp_path / "missing" / "o.png"
+    _fails(["imaging", "denoise", str(gray), "--out", str(out)], out, "does not exist")
+    mask = _png(tmp_path / "m.png", np.full((16, 16), 255, np.uint8))
+    _fails(["imaging", "inpaint", str(gray), "--mask", str(mask), "--out", str(folder)], tmp_path / "x.png",
+           "is a directory")
+    _fails(["imaging", "fit", str(gray), "--out", str(out)], out, "does not exist")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_out_folder_not_writable_rejected_before_computing(tmp_path: Path, gray: Path, no_compute) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        _fails(["imaging", "denoise", str(gray), "--out", str(locked / "o.png")], locked / "o.png", "not writable")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_weights_not_matching_their_config_give_one_line(tmp_path: Path, gray: Path, no_compute) -> None:
+    import json
+
+    good = _small_weights(tmp_path / "small.safetensors")
+    wrong = _with_metadata(good, tmp_path / "wrong.safetensors",
+                           config=json.dumps({"channels": 16, "latent_channels": 2, "groups": 4, "encoder_width": 8}))
+    out = tmp_path / "o.png"
+    _fails(["imaging", "denoise", str(gray), "--out", str(out), "--weights", str(wrong)], out, "do not match",
+           "shape")
+    unknown = _with_metadata(good, tmp_path / "unknown.safetensors",
+                             config=json.dumps({"channels": 8, "latent_channels": 2, "groups": 4, "width": 8}))
+    _fails(["imaging", "denoise", str(gray), "--out", str(out), "--weights", str(unknown)], out, "unknown", "width")
+    nan = _small_weights(tmp_path / "nan.safetensors", **{"out_conv.bias": float("nan")})
+    _fails(["imaging", "denoise", str(gray), "--out", str(out), "--weights", str(nan)], out, "out_conv.bias", "NaN")
+
+
+def test_weights_asking_for_1e9_channels_fail_before_allocating(tmp_path: Path, gray: Path, monkeypatch) -> None:
+    """The config is bounded field by field before the model is built: the error names the field, and no
+    decoder is constructed."""
+    import json
+    import time
+
+    from problems.imaging import model as model_mod
+
+    huge = _with_metadata(_small_weights(tmp_path / "small.safetensors"), tmp_path / "huge.safetensors",
+                          config=json.dumps({"channels": 10**9, "latent_channels": 2, "groups": 4, "encoder_width": 8}))
+
+    def never(*args, **kwargs):
+        raise AssertionError("a decoder was built")
+
+    monkeypatch.setattr(model_mod.DEQDecoder, "__init__", never)
+    out = tmp_path / "o.png"
+    t0 = time.perf_counter()
+    _fails(["imaging", "denoise", str(gray), "--out", str(out), "--weights", str(huge)], out, "channels",
+           "1000000000", "512")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_non_finite_solve_exits_3_and_writes_nothing(tmp_path: Path, gray: Path) -> None:
+    """A decoder whose layer overflows (finite but huge weights): the solve goes non-finite, the command says so
+    in one ``error:`` line, exits with 3 and writes no file."""
+    weights = _small_weights(tmp_path / "huge.safetensors", **{"layer.inject.weight": 1e38})
+    out = tmp_path / "o.png"
+    result = runner.invoke(app, ["imaging", "denoise", str(gray), "--out", str(out), "--weights", str(weights),
+                                 "--max-iter", "3"])
+    assert result.exit_code == 3, result.output
+    last = [ln for ln in result.output.splitlines() if ln.strip()][-1]
+    assert last.startswith("error: ") and "not finite" in last and "not written" in last
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_restoration_verdict() -> None:
+    """Usable: converged, or stopped early with the objective not above its start (+0.1%); not usable:
+    non-finite, or the objective rose."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fpntools.info import Status
+    from problems.imaging.commands import judge_restoration
+
+    def res(status: Status) -> SimpleNamespace:
+        info = SimpleNamespace(status=status, steps=torch.tensor([7]), residual=torch.tensor([1e-3]), tol=1e-6)
+        return SimpleNamespace(info=info, infos=[info])
+
+    img = np.zeros((4, 4))
+    ok, msg = judge_restoration(img, res(Status.CONVERGED), 2.0, 1.0)
+    assert ok and "converged" in msg and "usable" in msg
+    ok, msg = judge_restoration(img, res(Status.MAX_ITER), 2.0, 1.0)
+    assert ok and "iteration budget" in msg and "improved" in msg
+    ok, msg = judge_restoration(img, res(Status.MAX_ITER), 2.0, 2.001)
+    assert ok and "encoder's restoration" in msg
+    ok, msg = judge_restoration(img, res(Status.MAX_ITER), 2.0, 2.1)
+    assert not ok and "rose" in msg
+    ok, msg = judge_restoration(img, res(Status.NONFINITE), 2.0, 1.0)
+    assert not ok and "not finite" in msg
+    ok, msg = judge_restoration(np.full((4, 4), np.nan), res(Status.CONVERGED), 2.0, 1.0)
+    assert not ok
+
+
+def test_too_many_pixels_says_what_is_practical(tmp_path: Path, no_compute) -> None:
+    """1024x1024 is refused up front with the practical limit and what to do (docs: a 256x256 image takes
+    about 1.5 minutes); a long thin image of the same pixel count as 256x256 is accepted by the size check."""
+    from problems.imaging.commands import MAX_PIXELS
+    from problems.imaging.data import read_image
+
+    big = _png(tmp_path / "big.png", np.zeros((1024, 1024), np.uint8))
+    out = tmp_path / "o.png"
+    _fails(["imaging", "denoise", str(big), "--out", str(out)], out, "1024x1024", "65,536", "crop or downscale")
+    thin = _png(tmp_path / "thin.png", np.zeros((64, 1024), np.uint8))
+    assert read_image(thin, max_pixels=MAX_PIXELS).shape == (64, 1024)
+
+
+def test_denoise_reports_progress_and_usability(tmp_path: Path, gray: Path) -> None:
+    """Progress lines (joint iterations) on stderr, and the final line says whether the output is usable."""
+    out = tmp_path / "den.png"
+    result = runner.invoke(app, ["imaging", "denoise", str(gray), "--out", str(out), "--max-iter", "3"])
+    assert result.exit_code == 0, result.output
+    assert "denoise 16x16: joint iteration 1 of at most 43" in result.stderr
+    assert "output usable" in result.stdout and result.stdout.startswith(f"wrote {out}")
+    assert "warning: joint solve stopped at its iteration budget" in result.stderr  # 3 iterations do not converge

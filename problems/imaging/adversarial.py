@@ -10,22 +10,37 @@ Classifier: a DEQ ``z* = tanh(W z* + U x + b)`` (``||W||_2 <= 0.9`` by rescaling
 * PGD: ``K`` normalised projected gradient steps, each a full DEQ solve + implicit backward
   (:func:`fpntools.augmented.naive_solve` with ``optimizer="normalized"``).
 
-Adversarial training replaces each batch by its augmented-attack perturbation (a few joint iterations).
-``python -m problems.imaging.adversarial`` prints the table (clean / robust accuracy, attack costs).
+Adversarial training replaces each batch by its augmented-attack perturbation (a few joint iterations). Both
+classifiers are trained by the toolbox's one training loop (:class:`fpntools.training.Trainer`: seeded sample
+order, run folder, ``--resume``). ``fpntools imaging adversarial`` prints the table (clean / robust accuracy,
+attack costs).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
-import fpntools
 from fpntools.augmented import AugmentedConfig, Counter, NaiveConfig, augmented_solve, naive_solve
+from fpntools.errors import UserInputError
+from fpntools.solve_config import SolveConfig, make_fixed_point
+from fpntools.training import Trainer, TrainerConfig
+from fpntools.training.trainer import print_to_stderr
 
-__all__ = ["AdvConfig", "DEQClassifier", "load_digits_split", "attack_augmented", "attack_pgd", "run_demo", "format_demo", "train"]
+__all__ = [
+    "AdvConfig", "CLASSIFIER_SOLVE", "DEQClassifier", "load_digits_split", "attack_augmented", "attack_pgd",
+    "classifier_loss", "run_demo", "format_demo", "train", "demo_command",
+]
+
+CLASSIFIER_SOLVE = SolveConfig(solver="anderson", backward="implicit", tol=1e-5, max_iter=60, backward_tol=1e-6,
+                               backward_max_iter=50, anderson_m=5)
+"""The classifier's equilibrium solve: Anderson (memory 5) to relative residual 1e-5 in at most 60 iterations,
+implicit backward with the adjoint solved to 1e-6 in at most 50."""
 
 
 @dataclass
@@ -45,25 +60,40 @@ class AdvConfig:
     seed: int = 0
 
 
-class DEQClassifier(nn.Module):
-    """``z = tanh(W z + U x + b)``, logits ``V z + c`` with ``W`` rescaled to spectral norm at most 0.9."""
+class _TanhCell(nn.Module):
+    """``f(z, x) = tanh(W' z + U x + b)`` with ``W' = W min(1, 0.9 / ||W||_2)`` (a contraction)."""
 
-    def __init__(self, d_in: int = 64, hidden: int = 64, classes: int = 10) -> None:
+    def __init__(self, d_in: int, hidden: int) -> None:
         super().__init__()
         self.W = nn.Linear(hidden, hidden, bias=False)
         self.U = nn.Linear(d_in, hidden)
-        self.V = nn.Linear(hidden, classes)
-        self.hidden = hidden
 
     def w(self) -> Tensor:
         s = torch.linalg.matrix_norm(self.W.weight, 2)
         return self.W.weight * torch.clamp(0.9 / s, max=1.0)
 
-    def layer(self, z: Tensor, x: Tensor) -> Tensor:
+    def forward(self, z: Tensor, x: Tensor) -> Tensor:
         return torch.tanh(z @ self.w().T + self.U(x))
 
+
+class DEQClassifier(nn.Module):
+    """``z = tanh(W z + U x + b)``, logits ``V z + c`` with ``W`` rescaled to spectral norm at most 0.9; the
+    equilibrium is solved as ``solve`` says (default :data:`CLASSIFIER_SOLVE`)."""
+
+    def __init__(self, d_in: int = 64, hidden: int = 64, classes: int = 10, solve: SolveConfig | None = None) -> None:
+        super().__init__()
+        cell = _TanhCell(d_in, hidden)
+        self.V = nn.Linear(hidden, classes)
+        self.hidden = hidden
+        self.solve = solve or CLASSIFIER_SOLVE
+        self.deq = make_fixed_point(cell, self.solve)
+
+    def layer(self, z: Tensor, x: Tensor) -> Tensor:
+        """``f(z, x)``."""
+        return self.deq.layer(z, x)
+
     def forward(self, x: Tensor) -> Tensor:
-        z, _ = fpntools.fixed_point(lambda z: self.layer(z, x), x.new_zeros(x.shape[0], self.hidden), tol=1e-5, max_iter=60)
+        z, _ = self.deq(x, z0=x.new_zeros(x.shape[0], self.hidden))
         return self.V(z)
 
 
@@ -119,39 +149,56 @@ def _accuracy(model: DEQClassifier, x: Tensor, y: Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def train(model: DEQClassifier, xtr: Tensor, ytr: Tensor, cfg: AdvConfig, adversarial: bool) -> float:
-    """Train (optionally on augmented-attack perturbations); returns seconds."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(cfg.seed)
-    t0 = time.perf_counter()
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(len(ytr), generator=g)
-        for i in range(0, len(ytr), cfg.batch):
-            idx = perm[i : i + cfg.batch]
-            xb, yb = xtr[idx], ytr[idx]
-            if adversarial:
-                for p in model.parameters():
-                    p.requires_grad_(False)
-                xb = xb + attack_augmented(model, xb, yb, cfg.eps, cfg.train_aug_iters, cfg.aug_step)
-                for p in model.parameters():
-                    p.requires_grad_(True)
-            loss = nn.functional.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return time.perf_counter() - t0
+def classifier_loss(model: DEQClassifier, batch: tuple[Tensor, Tensor], cfg: AdvConfig,
+                    adversarial: bool) -> tuple[Tensor, dict[str, float]]:
+    """Cross-entropy of a batch ``(x, y)`` (the trainer's ``loss_fn``); with ``adversarial`` the inputs are first
+    replaced by their augmented-attack perturbations (``cfg.train_aug_iters`` joint iterations, weights frozen
+    during the attack). Metric: ``acc`` on the (perturbed) batch."""
+    xb, yb = batch
+    if adversarial:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        try:
+            xb = xb + attack_augmented(model, xb, yb, cfg.eps, cfg.train_aug_iters, cfg.aug_step)
+        finally:
+            for p in model.parameters():
+                p.requires_grad_(True)
+    logits = model(xb)
+    return nn.functional.cross_entropy(logits, yb), {"acc": float((logits.argmax(1) == yb).float().mean())}
 
 
-def run_demo(cfg: AdvConfig | None = None) -> list[dict]:
-    """Train a standard and an adversarially trained DEQ; attack both with augmented and PGD on the test set."""
+def train(model: DEQClassifier, xtr: Tensor, ytr: Tensor, cfg: AdvConfig, adversarial: bool,
+          run_dir: str | Path | None = None, resume: bool = False, force: bool = False, device: str = "cpu",
+          evaluate: Any = None, progress: bool = False) -> float:
+    """Train with :class:`fpntools.training.Trainer` (Adam, ``cfg.lr``, batches of ``cfg.batch``, ``cfg.epochs``
+    epochs, sample order seeded by ``cfg.seed``; optionally on augmented-attack perturbations); returns the
+    seconds spent in training steps (over all invocations of a resumed run)."""
+    tcfg = TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch, lr=cfg.lr, seed=cfg.seed, device=device,
+                         run_dir=None if run_dir is None else str(run_dir), resume=resume, force=force,
+                         progress=progress)
+    run_config = {"demo": {k: v for k, v in vars(cfg).items() if k not in ("epochs",)}, "adversarial": adversarial,
+                  "solve": model.solve.to_dict()}
+    trainer = Trainer(model, lambda m, b: classifier_loss(m, b, cfg, adversarial), TensorDataset(xtr, ytr), tcfg,
+                      evaluate=evaluate, run_config=run_config, log=print_to_stderr if progress else None)
+    result = trainer.fit()
+    trainer.model.cpu()
+    return float(sum(h.get("seconds", 0.0) for h in result.history))
+
+
+def run_demo(cfg: AdvConfig | None = None, run_dir: str | Path | None = None, resume: bool = False,
+             force: bool = False, device: str = "cpu", progress: bool = False) -> list[dict]:
+    """Train a standard and an adversarially trained DEQ (in ``run_dir/standard`` and ``run_dir/adversarial``
+    when given); attack both with augmented and PGD on the test set (on the CPU)."""
     cfg = cfg or AdvConfig()
-    torch.manual_seed(cfg.seed)
     xtr, ytr, xte, yte = load_digits_split(cfg.seed)
     rows = []
-    for name, adv in (("standard", False), ("adv-trained (augmented attack)", True)):
+    for name, sub, adv in (("standard", "standard", False), ("adv-trained (augmented attack)", "adversarial", True)):
         torch.manual_seed(cfg.seed)
         model = DEQClassifier(hidden=cfg.hidden)
-        secs = train(model, xtr, ytr, cfg, adv)
+        folder = None if run_dir is None else Path(run_dir) / sub
+        evaluate = lambda m: {"test_acc": _accuracy(m, xte.to(next(m.parameters()).device),  # noqa: E731
+                                                    yte.to(next(m.parameters()).device))}
+        secs = train(model, xtr, ytr, cfg, adv, folder, resume, force, device, evaluate, progress)
         for p in model.parameters():
             p.requires_grad_(False)
         row = {"model": name, "train_s": secs, "clean": _accuracy(model, xte, yte)}
@@ -182,7 +229,15 @@ def format_demo(rows: list[dict], cfg: AdvConfig) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover
+def demo_command(*, epochs: int, eps: float, run_dir: str | None, device: str, seed: int, resume: bool,
+                 force: bool) -> str:
+    """``fpntools imaging adversarial``: check the options, run the demo on one thread, return the table."""
+    if epochs < 1:
+        raise UserInputError(f"--epochs must be at least 1, got {epochs}")
+    if not (eps > 0 and eps < float("inf")):
+        raise UserInputError(f"--eps must be a positive number, got {eps}")
+    if seed < 0:
+        raise UserInputError(f"--seed must be nonnegative, got {seed}")
     torch.set_num_threads(1)
-    c = AdvConfig()
-    print(format_demo(run_demo(c), c))
+    cfg = AdvConfig(epochs=epochs, eps=eps, seed=seed)
+    return format_demo(run_demo(cfg, run_dir, resume, force, device, progress=True), cfg)

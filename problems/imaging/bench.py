@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 
 from fpntools.augmented import Counter
-from problems.imaging.data import TEST_IMAGES, center_crop, load_image, psnr, validation_crops
+from fpntools.metrics import psnr
+from problems.imaging.data import TEST_IMAGES, center_crop, load_image, validation_crops
 from problems.imaging.model import DEQDecoder
 from problems.imaging.tasks import (
     LatentProblem,
@@ -153,11 +154,11 @@ def run_task(
     return BenchRow(
         image=name,
         task=task.name,
-        psnr_input=psnr(shown, img),
-        psnr_tv=psnr(tv, img),
-        psnr_amortized=psnr(out_e, img),
-        psnr_naive=psnr(out_n, img),
-        psnr_augmented=psnr(out_a, img),
+        psnr_input=float(psnr(np.clip(shown, 0, 1), img)),
+        psnr_tv=float(psnr(np.clip(tv, 0, 1), img)),
+        psnr_amortized=float(psnr(np.clip(out_e, 0, 1), img)),
+        psnr_naive=float(psnr(np.clip(out_n, 0, 1), img)),
+        psnr_augmented=float(psnr(np.clip(out_a, 0, 1), img)),
         target=target,
         naive_time=t_n,
         naive_nfe=cn.snapshots[i_n].nfe,
@@ -243,10 +244,10 @@ def tune_task(
         y, mask = make_observation(img, task)
         for lam in lams:
             out, _ = restore_augmented(model, y, mask, replace(cfg, lam=lam))
-            by_lam[lam].append(psnr(keep_known(out, y, mask, task.sigma), img))
+            by_lam[lam].append(float(psnr(np.clip(keep_known(out, y, mask, task.sigma), 0, 1), img)))
         for w in tv_weights:
             out = tv_denoise(y, w) if mask is None else tv_inpaint(y, mask, w)
-            by_tv[w].append(psnr(out, img))
+            by_tv[w].append(float(psnr(np.clip(out, 0, 1), img)))
     return {k: float(np.mean(v)) for k, v in by_lam.items()}, {k: float(np.mean(v)) for k, v in by_tv.items()}
 
 

@@ -8,7 +8,6 @@ failure never leaves a partial file.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,92 +24,52 @@ app = typer.Typer(
 
 
 def _run(fn: Callable[[], None]) -> None:
+    """Run a command body: bad input -> ``error: ...`` and exit 2; an unusable result -> exit 3."""
+    from fpntools.cli_support import EXIT_NOT_USABLE, EXIT_USER_ERROR, NotUsableError
+
     try:
         fn()
     except UserInputError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except NotUsableError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_NOT_USABLE) from None
 
 
-def _check_out(out: Path) -> None:
-    if out.suffix.lower() != ".png":
-        raise UserInputError(f"output {out} must end in .png")
-    if not out.parent.exists():
-        raise UserInputError(f"output directory {out.parent} does not exist")
-
-
-def _load(weights: str | None):
-    import torch
-
-    from problems.imaging.model import load_decoder
-
-    model = load_decoder(weights or None)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    return model
+_SIZES = "PNG/TIFF, sides multiples of 4 from 16 to 1024 px, at most 65,536 pixels (256x256)"
 
 
 @app.command()
 def denoise(
-    image: Path = typer.Argument(..., help="grayscale image (PNG/TIFF, sides multiples of 4, 16..1024 px)"),
+    image: Path = typer.Argument(..., help=f"grayscale image ({_SIZES})"),
     sigma: float = typer.Option(0.2, help="noise standard deviation (pixel range [0, 1])"),
     out: Path = typer.Option(..., help="output PNG"),
     weights: str = typer.Option("", help="decoder weights (default: the shipped data/imaging weights)"),
     max_iter: int = typer.Option(0, help="joint fixed-point iterations (0: default)"),
 ) -> None:
-    """Denoise IMAGE by optimising the decoder latent (augmented DEQ) under a Gaussian noise model."""
+    """Denoise IMAGE by optimising the decoder latent (augmented DEQ) under a Gaussian noise model. Progress on
+    stderr; exit code 3 (nothing written) when the result is not usable."""
+    from problems.imaging.commands import restore_file
 
-    def go() -> None:
-        from problems.imaging.data import read_image, write_image
-        from problems.imaging.tasks import TaskConfig, lam_for_sigma, restore_augmented
-
-        if not 0 < sigma <= 1:
-            raise UserInputError(f"--sigma must lie in (0, 1], got {sigma}")
-        _check_out(out)
-        y = read_image(image)
-        model = _load(weights)
-        cfg = TaskConfig(lam=lam_for_sigma(sigma), sigma=sigma)
-        if max_iter > 0:
-            cfg = replace(cfg, augmented=replace(cfg.augmented, max_iter=max_iter))
-        img, res = restore_augmented(model, y, None, cfg)
-        write_image(out, img)
-        typer.echo(f"wrote {out} ({res.info.summary()}, {res.wall_time:.1f}s)")
-
-    _run(go)
+    _run(lambda: typer.echo(restore_file("denoise", image, out, sigma=sigma, weights=weights, max_iter=max_iter)))
 
 
 @app.command()
 def inpaint(
-    image: Path = typer.Argument(..., help="grayscale image (missing pixels may hold any value)"),
+    image: Path = typer.Argument(..., help=f"grayscale image, missing pixels may hold any value ({_SIZES})"),
     mask: Path = typer.Option(..., help="mask PNG of the same size: white (nonzero) = known pixel, black = missing"),
     out: Path = typer.Option(..., help="output PNG"),
     sigma: float = typer.Option(0.0, help="noise level of the known pixels (0: noiseless)"),
     weights: str = typer.Option("", help="decoder weights (default: the shipped weights)"),
     max_iter: int = typer.Option(0, help="joint fixed-point iterations (0: default)"),
 ) -> None:
-    """Fill the missing pixels of IMAGE (given by MASK) with the decoder fitted to the known pixels."""
+    """Fill the missing pixels of IMAGE (given by MASK) with the decoder fitted to the known pixels. Progress on
+    stderr; exit code 3 (nothing written) when the result is not usable."""
+    from problems.imaging.commands import restore_file
 
-    def go() -> None:
-        import numpy as np
-
-        from problems.imaging.data import read_image, read_mask, write_image
-        from problems.imaging.tasks import TaskConfig, keep_known, lam_for_sigma, restore_augmented
-
-        if not 0 <= sigma <= 1:
-            raise UserInputError(f"--sigma must lie in [0, 1], got {sigma}")
-        _check_out(out)
-        y = read_image(image)
-        known = read_mask(mask, y.shape)
-        model = _load(weights)
-        cfg = TaskConfig(lam=lam_for_sigma(sigma), sigma=sigma)
-        if max_iter > 0:
-            cfg = replace(cfg, augmented=replace(cfg.augmented, max_iter=max_iter))
-        img, res = restore_augmented(model, np.where(known, y, 0.0), known, cfg)
-        write_image(out, keep_known(img, y, known, sigma))
-        typer.echo(f"wrote {out} ({res.info.summary()}, {res.wall_time:.1f}s)")
-
-    _run(go)
+    _run(lambda: typer.echo(restore_file("inpaint", image, out, sigma=sigma, mask=mask, weights=weights,
+                                         max_iter=max_iter)))
 
 
 @app.command()
@@ -121,37 +80,68 @@ def fit(
     max_iter: int = typer.Option(0, help="joint fixed-point iterations (0: default)"),
 ) -> None:
     """Latent fitting: find the latent whose decoding matches IMAGE (prints the PSNR of the fit)."""
+    from problems.imaging.commands import restore_file
 
-    def go() -> None:
-        from problems.imaging.data import psnr, read_image, write_image
-        from problems.imaging.tasks import LAM_MIN, TaskConfig, restore_augmented
+    _run(lambda: typer.echo(restore_file("fit", image, out, weights=weights, max_iter=max_iter)))
 
-        _check_out(out)
-        y = read_image(image)
-        model = _load(weights)
-        cfg = TaskConfig(lam=LAM_MIN)
-        if max_iter > 0:
-            cfg = replace(cfg, augmented=replace(cfg.augmented, max_iter=max_iter))
-        img, res = restore_augmented(model, y, None, cfg)
-        write_image(out, img)
-        typer.echo(f"wrote {out}: PSNR of the fit {psnr(img, y):.2f} dB ({res.info.summary()}, {res.wall_time:.1f}s)")
 
-    _run(go)
+@app.command()
+def train(
+    run_dir: Path = typer.Option(Path("runs/imaging-decoder"),
+                                 help="run folder: config.json, history.json, checkpoint.pt"),
+    out: str = typer.Option("", help="weights file written at the end (default: RUN_DIR/decoder.safetensors)"),
+    minutes: float = typer.Option(10.0, help="wall-clock budget of this invocation (0: none)"),
+    steps: int = typer.Option(2000, help="batches in total (of --batch patches)"),
+    batch: int = typer.Option(32, help="patches per batch"),
+    patch: int = typer.Option(32, help="patch side"),
+    lr: float = typer.Option(2e-3, help="Adam learning rate (x0.1 for the last 15% of the steps or of --minutes)"),
+    latent_weight: float = typer.Option(1e-3, help="weight of the latent penalty mean ||E(y)||^2"),
+    channels: int = typer.Option(32, help="state channels of a fresh decoder"),
+    latent_channels: int = typer.Option(8, help="latent channels of a fresh decoder"),
+    encoder_width: int = typer.Option(32, help="encoder width of a fresh decoder"),
+    init: str = typer.Option("", help="fine-tune these weights instead of a fresh decoder"),
+    activation: str = typer.Option("", help="relu or softplus (default: relu, or that of --init, which this switches)"),
+    jac_weight: float = typer.Option(0.0, help="Jacobian penalty weight (0: off)"),
+    jac_prob: float = typer.Option(1.0, help="probability of applying the Jacobian penalty per batch"),
+    joint_fraction: float = typer.Option(0.0, help="fraction of batches trained through the joint solve (0: off)"),
+    joint_iters: int = typer.Option(50, help="joint iterations per joint batch"),
+    joint_backward: str = typer.Option("jfb", help="jfb or implicit"),
+    joint_residual_weight: float = typer.Option(0.0, help="weight of the squared joint residual (0: off)"),
+    epoch_batches: int = typer.Option(100, help="batches per epoch: one progress line and one checkpoint each"),
+    seed: int = typer.Option(0, help="seed of the patches, corruptions and initial weights"),
+    threads: int = typer.Option(1, help="torch threads"),
+    device: str = typer.Option("cpu", help="auto, cpu or cuda"),
+    resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in RUN_DIR"),
+    force: bool = typer.Option(False, "--force", help="start over even though RUN_DIR holds a checkpoint"),
+) -> None:
+    """Train the DEQ decoder and its encoder on corrupted patches of the training pictures (the shipped weights'
+    recipe, docs/imaging.md); progress on stderr, the weights file at the end."""
+    from problems.imaging.train import train_command
+
+    _run(lambda: typer.echo(train_command(
+        run_dir=run_dir, out=out or None, minutes=minutes, steps=steps, batch=batch, patch=patch, lr=lr,
+        latent_weight=latent_weight, channels=channels, latent_channels=latent_channels, encoder_width=encoder_width,
+        init=init or None, activation=activation or None, jac_weight=jac_weight, jac_prob=jac_prob,
+        joint_fraction=joint_fraction, joint_iters=joint_iters, joint_backward=joint_backward,
+        joint_residual_weight=joint_residual_weight, epoch_batches=epoch_batches, seed=seed, threads=threads,
+        device=device, resume=resume, force=force)))
 
 
 @app.command()
 def adversarial(
     epochs: int = typer.Option(15, help="training epochs of each classifier"),
     eps: float = typer.Option(1.0, help="L2 radius of the attack (pixels in [0, 1])"),
+    run_dir: str = typer.Option("", help="run folder (one sub-folder per classifier; default: none, no resume)"),
+    device: str = typer.Option("cpu", help="auto, cpu or cuda"),
+    seed: int = typer.Option(0, help="seed of the split, the initial weights and the sample order"),
+    resume: bool = typer.Option(False, "--resume", help="continue (or reuse) the checkpoints in RUN_DIR"),
+    force: bool = typer.Option(False, "--force", help="start over even though RUN_DIR holds checkpoints"),
 ) -> None:
     """Digits demo: L2 attack by the augmented joint fixed point vs PGD, and adversarial training with it."""
-    import torch
+    from problems.imaging.adversarial import demo_command
 
-    from problems.imaging.adversarial import AdvConfig, format_demo, run_demo
-
-    torch.set_num_threads(1)
-    cfg = AdvConfig(epochs=epochs, eps=eps)
-    typer.echo(format_demo(run_demo(cfg), cfg))
+    _run(lambda: typer.echo(demo_command(epochs=epochs, eps=eps, run_dir=run_dir or None, device=device, seed=seed,
+                                         resume=resume, force=force)))
 
 
 @app.command()
@@ -166,36 +156,9 @@ def tune(
     """Choose the latent prior weight, the TV baseline's weight and the naive baseline's Adam learning rate per
     benchmark task on validation crops, images used neither in training nor by the benchmark (prints the mean
     PSNR, or final objective, of every value tried)."""
+    from problems.imaging.commands import run_tune
 
-    def go() -> None:
-        import torch
-
-        from problems.imaging.bench import TASKS, tune_naive_lr, tune_task
-        from problems.imaging.data import validation_crops
-
-        torch.set_num_threads(threads)
-        try:
-            lam_grid = tuple(float(v) for v in lams.split(","))
-            tv_grid = tuple(float(v) for v in tv_weights.split(","))
-            lr_grid = tuple(float(v) for v in naive_lrs.split(","))
-        except ValueError:
-            raise UserInputError("--lams, --tv-weights and --naive-lrs must be comma-separated numbers") from None
-        model = _load(weights)
-        crops = validation_crops(size)
-        typer.echo(f"validation crops {size}x{size}: {', '.join(name for name, _ in crops)}")
-        for task in TASKS:
-            by_lam, by_tv = tune_task(model, task, lam_grid, tv_grid, crops)
-            best_lam, best_tv = max(by_lam, key=by_lam.get), max(by_tv, key=by_tv.get)
-            typer.echo(f"{task.name}: lam " + ", ".join(f"{k:g}: {v:.2f}" for k, v in by_lam.items()) + f" -> {best_lam:g}")
-            typer.echo(f"{task.name}: TV  " + ", ".join(f"{k:g}: {v:.2f}" for k, v in by_tv.items()) + f" -> {best_tv:g}")
-            by_lr = tune_naive_lr(model, task, lr_grid, crops[:2], lam=best_lam)
-            best_lr = min(by_lr, key=by_lr.get)
-            typer.echo(
-                f"{task.name}: naive Adam lr (final objective) "
-                + ", ".join(f"{k:g}: {v:.3f}" for k, v in by_lr.items()) + f" -> {best_lr:g}"
-            )
-
-    _run(go)
+    _run(lambda: run_tune(size, lams, tv_weights, naive_lrs, typer.echo, weights=weights, threads=threads))
 
 
 @app.command()
@@ -209,31 +172,9 @@ def bench(
 ) -> None:
     """PSNR of augmented DEQ vs naive nested vs TV on held-out images, and the wall time / evaluations each
     needs to reach the same objective value (the naive method's final objective, see docs/imaging.md)."""
+    from problems.imaging.commands import run_bench_table
 
-    def go() -> None:
-        import torch
-
-        from problems.imaging.bench import HEADER, TASKS, format_row, run_bench
-        from problems.imaging.data import TEST_IMAGES, TRAIN_IMAGES
-
-        torch.set_num_threads(threads)
-        names = tuple(n.strip() for n in images.split(",") if n.strip())
-        leaked = [n for n in names if n in TRAIN_IMAGES]
-        if leaked:
-            raise UserInputError(f"{', '.join(leaked)} are training images; held-out ones are {', '.join(TEST_IMAGES)}")
-        if size % 4 or size < 16:
-            raise UserInputError(f"--size must be a multiple of 4 and at least 16, got {size}")
-        keys = {"denoise0.2": TASKS[0], "denoise0.4": TASKS[1], "inpaint": TASKS[2]}
-        chosen = TASKS if tasks == "all" else tuple(keys[t] for t in tasks.split(",") if t in keys)
-        if not chosen:
-            raise UserInputError(f"--tasks must be 'all' or names from {sorted(keys)}")
-        model = _load(weights)
-        typer.echo(f"fpntools imaging bench --size {size} --images {images} --repeats {repeats} --threads {threads}")
-        for line in HEADER:
-            typer.echo(line)
-        run_bench(model, names, size, chosen, repeats=repeats, progress=lambda row: typer.echo(format_row(row)))
-
-    _run(go)
+    _run(lambda: run_bench_table(size, images, repeats, tasks, typer.echo, weights=weights, threads=threads))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,6 @@ __all__ = [
     "read_image",
     "read_mask",
     "write_image",
-    "psnr",
 ]
 
 TRAIN_IMAGES: tuple[str, ...] = ("moon", "text", "brick", "grass", "gravel", "page", "clock", "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "cell")
@@ -92,28 +91,20 @@ class PatchSampler:
     def __post_init__(self) -> None:
         self._rng = np.random.default_rng(self.seed)
 
-    def sample(self, n: int) -> Tensor:
-        """``(n, 1, size, size)`` float32 patches."""
+    def sample(self, n: int, rng: np.random.Generator | None = None) -> Tensor:
+        """``(n, 1, size, size)`` float32 patches drawn from ``rng`` (default: the sampler's own stream)."""
+        rng = self._rng if rng is None else rng
         out = np.empty((n, self.size, self.size), dtype=np.float32)
         for k in range(n):
-            img = self.images[self._rng.integers(len(self.images))]
-            i = self._rng.integers(img.shape[0] - self.size + 1)
-            j = self._rng.integers(img.shape[1] - self.size + 1)
+            img = self.images[rng.integers(len(self.images))]
+            i = rng.integers(img.shape[0] - self.size + 1)
+            j = rng.integers(img.shape[1] - self.size + 1)
             p = img[i : i + self.size, j : j + self.size]
-            p = np.rot90(p, self._rng.integers(4))
-            if self._rng.integers(2):
+            p = np.rot90(p, rng.integers(4))
+            if rng.integers(2):
                 p = p[:, ::-1]
             out[k] = p
         return torch.from_numpy(out)[:, None]
-
-
-def psnr(x: np.ndarray | Tensor, ref: np.ndarray | Tensor, mask: np.ndarray | None = None) -> float:
-    """Peak signal-to-noise ratio in dB for images in ``[0, 1]`` (optionally only where ``mask`` is true)."""
-    x = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
-    ref = ref.detach().cpu().numpy() if isinstance(ref, Tensor) else np.asarray(ref)
-    d = (np.clip(x, 0, 1) - ref) ** 2
-    mse = float(d[mask].mean() if mask is not None else d.mean())
-    return float(10 * np.log10(1.0 / max(mse, 1e-20)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,16 +156,23 @@ def _to_unit(arr: np.ndarray, path: str | os.PathLike, what: str) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def read_image(path: str | os.PathLike, *, multiple: int = 4, min_size: int = 16, max_size: int = 1024) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, multiple: int = 4, min_size: int = 16, max_size: int = 1024,
+               max_pixels: int | None = None, size_hint: str = "") -> np.ndarray:
     """Read a grayscale image as float64 ``(H, W)`` in ``[0, 1]``; clear :class:`UserInputError` otherwise.
 
     Accepted: 8/16-bit integer or float ([0, 1], finite) single-channel files (PNG, TIFF, ...), side lengths
     between ``min_size`` and ``max_size`` that are multiples of ``multiple`` (the decoder's latent grid).
+    ``max_pixels`` bounds ``H * W`` (the cost of a restoration grows with it); ``size_hint`` is appended to
+    the message for an image above ``max_size`` or ``max_pixels`` (why the limit, what to do).
     """
     arr = _check_gray(_read_raw(path, "image"), path, "image")
     h, w = arr.shape
     if h < min_size or w < min_size or h > max_size or w > max_size:
-        raise UserInputError(f"image {path} is {h}x{w}; sides must lie between {min_size} and {max_size} pixels")
+        hint = f" ({size_hint})" if size_hint and max(h, w) > max_size else ""
+        raise UserInputError(f"image {path} is {h}x{w}; sides must lie between {min_size} and {max_size} pixels{hint}")
+    if max_pixels is not None and h * w > max_pixels:
+        hint = f" ({size_hint})" if size_hint else ""
+        raise UserInputError(f"image {path} is {h}x{w} = {h * w:,} pixels; at most {max_pixels:,} are accepted{hint}")
     if h % multiple or w % multiple:
         raise UserInputError(f"image {path} is {h}x{w}; both sides must be multiples of {multiple}")
     return _to_unit(arr, path, "image")

@@ -24,21 +24,41 @@ restoration; at test time the latent is then optimised under the observation wit
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fpntools.errors import UserInputError
+from fpntools.fixed_point import FixedPoint
+from fpntools.solve_config import JacobianRegConfig, SolveConfig, make_fixed_point
 
 __all__ = [
     "DecoderConfig", "DEQLayer", "DEQDecoder", "save_decoder", "load_decoder", "DEFAULT_WEIGHTS", "SMOOTH_WEIGHTS",
-    "ACTIVATIONS",
+    "ACTIVATIONS", "DEFAULT_SOLVE", "SIZE_LIMITS", "solve_from_metadata",
 ]
 
 ACTIVATIONS = ("relu", "softplus")
+
+SIZE_LIMITS: dict[str, int] = {"channels": 512, "latent_channels": 256, "groups": 512, "encoder_width": 512}
+"""Upper bounds of the architecture fields (a weights file asking for more is rejected before anything is
+allocated; the shipped decoder uses 32 / 8 / 4 / 32)."""
+
+DEFAULT_SOLVE = SolveConfig(
+    solver="anderson", backward="implicit", tol=1e-3, max_iter=20, backward_tol=1e-3, backward_max_iter=20,
+    anderson_m=5,
+)
+"""The decoder's equilibrium solve in training (and in eval, where no ``eval_tol`` is set): Anderson with memory 5
+to relative residual 1e-3 in at most 20 iterations, implicit backward likewise (the shipped weights' recipe)."""
+
+# keys of the training summary written before the decoder held a SolveConfig -> SolveConfig fields
+_LEGACY_SOLVE_KEYS = {"fwd_tol": "tol", "fwd_max_iter": "max_iter", "bwd_tol": "backward_tol",
+                      "bwd_max_iter": "backward_max_iter"}
+_LEGACY_JACOBIAN_KEYS = {"jac_weight": "weight", "jac_prob": "prob"}
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "imaging" / "deq_decoder.safetensors"
 SMOOTH_WEIGHTS = DEFAULT_WEIGHTS.with_name("deq_decoder_softplus.safetensors")
@@ -61,10 +81,30 @@ class DecoderConfig:
     softplus_beta: float = 10.0
 
     def __post_init__(self) -> None:
+        for name, top in SIZE_LIMITS.items():
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
+                raise UserInputError(f"decoder config field {name} = {v!r} is out of range: an integer from 1 to {top}")
+        if self.channels % self.groups:
+            raise UserInputError(
+                f"decoder config field groups = {self.groups} must divide channels = {self.channels}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if not self.softplus_beta > 0:
-            raise ValueError(f"softplus_beta must be positive, got {self.softplus_beta}")
+            raise UserInputError(
+                f"decoder config field activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        b = self.softplus_beta
+        if not isinstance(b, (int, float)) or isinstance(b, bool) or not (math.isfinite(b) and 0 < b <= 1e6):
+            raise UserInputError(f"decoder config field softplus_beta must be a number in (0, 1e6], got {b!r}")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "DecoderConfig":
+        """The config of a weights file's metadata; unknown keys and out-of-range sizes are a
+        :class:`~fpntools.errors.UserInputError` naming the field (checked before any tensor is allocated)."""
+        if not isinstance(d, dict):
+            raise UserInputError(f"decoder config must be a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserInputError(f"decoder config has unknown fields: {', '.join(unknown)}")
+        return cls(**d)
 
     def act(self, t: Tensor) -> Tensor:
         """The activation of the layer and the head."""
@@ -103,9 +143,16 @@ class DEQLayer(nn.Module):
 
 
 class DEQDecoder(nn.Module):
-    """Decoder ``x -> h(z*(x))`` with the DEQ layer exposed as ``layer(z, x)`` and the head as ``head(z)``."""
+    """Decoder ``x -> h(z*(x))`` with the DEQ layer exposed as ``layer(z, x)`` and the head as ``head(z)``.
 
-    def __init__(self, cfg: DecoderConfig | None = None) -> None:
+    The equilibrium ``z*(x)`` is solved as configured by ``solve`` (a :class:`fpntools.SolveConfig`, default
+    :data:`DEFAULT_SOLVE`; recorded in the weights file): :meth:`equilibrium` runs the
+    :class:`fpntools.FixedPoint` built from it by :func:`fpntools.make_fixed_point`, in the decoder's train /
+    eval mode. The latent-optimisation tasks (:mod:`problems.imaging.tasks`) call ``layer`` directly inside
+    their joint or nested solves.
+    """
+
+    def __init__(self, cfg: DecoderConfig | None = None, solve: SolveConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or DecoderConfig()
         c, cl = self.cfg.channels, self.cfg.latent_channels
@@ -124,6 +171,28 @@ class DEQDecoder(nn.Module):
             nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
             nn.Conv2d(w, cl, 1),
         )
+        self.set_solve(solve or DEFAULT_SOLVE)
+
+    def set_solve(self, solve: SolveConfig) -> None:
+        """Use ``solve`` for :meth:`equilibrium` (the :class:`FixedPoint` is rebuilt; it is not a registered
+        submodule, so the state dict holds the decoder's weights only)."""
+        if not isinstance(solve, SolveConfig):
+            raise TypeError(f"solve must be a SolveConfig, got {type(solve).__name__}")
+        self.solve = solve
+        object.__setattr__(self, "_deq", make_fixed_point(self.layer, solve))
+
+    @property
+    def deq(self) -> FixedPoint:
+        """The :class:`fpntools.FixedPoint` of ``layer`` configured by ``solve``."""
+        return self._deq  # type: ignore[attr-defined]
+
+    def equilibrium(self, x: Tensor, z0: Tensor | None = None) -> tuple[Tensor, Any]:
+        """``(z*(x), info)`` by the configured solve (train-mode tolerances in training, eval ones in eval mode;
+        the Jacobian penalty of ``solve.jacobian``, when set, lands in ``info.jacobian_loss`` in training)."""
+        deq = self.deq
+        if deq.training != self.training:
+            deq.train(self.training)
+        return deq(x, z0=self.initial_state(x) if z0 is None else z0)
 
     def head(self, z: Tensor) -> Tensor:
         """Image ``(B, 1, H, W)`` from the state ``(B, C, H/2, W/2)``."""
@@ -150,31 +219,94 @@ class DEQDecoder(nn.Module):
 
 
 def save_decoder(model: DEQDecoder, path: str | Path, extra: dict | None = None) -> None:
-    """Save weights + architecture (safetensors metadata) atomically."""
+    """Save weights, architecture and solve configuration (safetensors metadata) atomically."""
     from safetensors.torch import save
 
     from fpntools.training.checkpoint import atomic_write_bytes
 
-    meta = {"config": json.dumps(asdict(model.cfg)), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    meta = {"config": json.dumps(asdict(model.cfg)), "solve": json.dumps(model.solve.to_dict()),
+            **{k: json.dumps(v) for k, v in (extra or {}).items()}}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, save(tensors, metadata=meta))
     Path(path).chmod(0o644)
 
 
+def solve_from_metadata(meta: dict[str, str]) -> SolveConfig:
+    """The decoder's :class:`SolveConfig` from a weights file's metadata.
+
+    Files written since the decoder holds a ``SolveConfig`` store it under ``"solve"``. Older files (the shipped
+    ones) recorded the training solve as ``fwd_tol`` / ``fwd_max_iter`` / ``bwd_tol`` / ``bwd_max_iter`` /
+    ``jac_weight`` / ``jac_prob`` in ``summary.train``, with Anderson (memory 5) forward and an implicit backward
+    hard-wired; they map onto the same ``SolveConfig`` fields, so they load with the solve they were trained with.
+    """
+    if "solve" in meta:
+        return SolveConfig.from_dict(json.loads(meta["solve"]))
+    train = json.loads(meta.get("summary", "{}")).get("train", {})
+    changes: dict[str, Any] = {new: train[old] for old, new in _LEGACY_SOLVE_KEYS.items() if old in train}
+    jac = {new: train[old] for old, new in _LEGACY_JACOBIAN_KEYS.items() if old in train}
+    if jac:
+        changes["jacobian"] = JacobianRegConfig(**jac)
+    return DEFAULT_SOLVE.with_(**changes)
+
+
+def _mismatch(model: nn.Module, tensors: dict[str, Tensor]) -> str | None:
+    """First difference between a model's state dict and loaded tensors (missing / unexpected key, shape)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    extra = [k for k in tensors if k not in own]
+    if missing:
+        return f"tensor {missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    if extra:
+        return f"unexpected tensor {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    for k, v in own.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            return f"{k} has shape {tuple(tensors[k].shape)} in the file but {tuple(v.shape)} in the model"
+    return None
+
+
 def load_decoder(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> DEQDecoder:
-    """Load a decoder written by :func:`save_decoder` (default: the shipped weights)."""
+    """Load a decoder written by :func:`save_decoder` (default: the shipped weights).
+
+    Every problem is a one-line :class:`~fpntools.errors.UserInputError`: a missing or unreadable file, a config
+    out of range (checked before the model is built, so a file asking for 1e9 channels allocates nothing), and
+    tensors that do not match the config.
+    """
     from safetensors import safe_open
 
     p = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not p.is_file():
-        raise UserInputError(f"decoder weights not found: {p} (train them with `python -m problems.imaging.train`)")
+        raise UserInputError(f"decoder weights not found: {p} (train them with `fpntools imaging train`)")
     try:
         with safe_open(str(p), framework="pt") as fh:
             meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        cfg = DecoderConfig(**json.loads(meta["config"]))
+            keys = list(fh.keys())
     except Exception as exc:
-        raise UserInputError(f"decoder weights {p} are corrupt or not a decoder file: {exc}") from None
-    model = DEQDecoder(cfg)
+        raise UserInputError(f"decoder weights {p} are corrupt or not a safetensors file: {exc}") from None
+    if "config" not in meta:
+        raise UserInputError(f"decoder weights {p} have no decoder config in their metadata")
+    try:
+        raw = json.loads(meta["config"])
+        solve_meta = solve_from_metadata(meta)
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"decoder weights {p}: metadata is not valid JSON ({exc})") from None
+    except UserInputError as exc:
+        raise UserInputError(f"decoder weights {p}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(f"decoder weights {p}: bad solve configuration ({exc})") from None
+    try:
+        cfg = DecoderConfig.from_dict(raw)
+    except UserInputError as exc:
+        raise UserInputError(f"decoder weights {p}: {exc}") from None
+    except TypeError as exc:
+        raise UserInputError(f"decoder weights {p}: bad decoder config ({exc})") from None
+    model = DEQDecoder(cfg, solve_meta)
+    with safe_open(str(p), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in keys}
+    problem = _mismatch(model, tensors)
+    if problem is not None:
+        raise UserInputError(f"decoder weights {p} do not match their config: {problem}")
+    bad = next((k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise UserInputError(f"decoder weights {p}: tensor {bad} holds NaN or infinite values")
     model.load_state_dict(tensors)
     return model.to(dtype).eval()

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from fpntools.augmented import (
@@ -33,6 +32,7 @@ from fpntools.augmented import (
     naive_solve,
     solve_equilibrium,
 )
+from fpntools.operators import gradient
 from problems.imaging.model import DEQDecoder
 
 __all__ = [
@@ -115,11 +115,11 @@ class TaskConfig:
 
 
 def smooth_tv(u: Tensor, eps: float = 1e-2) -> Tensor:
-    r"""Smoothed isotropic total variation per sample, ``sum_ij sqrt((D_x u)^2 + (D_y u)^2 + eps^2) - eps``
-    (forward differences, Neumann boundary)."""
-    dx = F.pad(u[..., :, 1:] - u[..., :, :-1], (0, 1, 0, 0))
-    dy = F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
-    return (torch.sqrt(dx * dx + dy * dy + eps * eps) - eps).flatten(1).sum(1)
+    r"""Smoothed isotropic total variation per sample of images ``u`` ``(B, C, H, W)``,
+    ``sum_ij sqrt(|(grad u)_ij|^2 + eps^2) - eps`` with the toolbox's image gradient
+    (:func:`fpntools.operators.gradient`: forward differences, Neumann boundary)."""
+    g = gradient(u, dims=(1, 2))  # (B, 2, C, H, W)
+    return (torch.sqrt(g.pow(2).sum(1) + eps * eps) - eps).flatten(1).sum(1)
 
 
 class LatentProblem:

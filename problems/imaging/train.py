@@ -1,39 +1,58 @@
-"""Train the shipped DEQ decoder and its amortised encoder on corrupted patches (implicit gradients).
+"""Train the shipped DEQ decoder and its amortised encoder on corrupted patches (implicit gradients), with the
+toolbox's one training loop :class:`fpntools.training.Trainer`.
 
-``python -m problems.imaging.train --minutes 45 --out data/imaging/deq_decoder.safetensors``
+``fpntools imaging train --minutes 45 --run-dir runs/decoder --out w.safetensors``
 
 Each clean patch ``p`` is corrupted by :func:`corrupt` (Gaussian noise of a random level, and for some
 patches missing 8x8 blocks); with ``y, m, sigma`` the observation, mask and level the loss per batch is
 ``mean ||h(z*(E(y, m, sigma))) - p||^2 + latent_weight * mean ||E(y, m, sigma)||^2`` (the latent penalty
-keeps latents on a fixed scale). The weights are saved atomically every ``save_every`` minutes, so an
-interrupted run loses at most that much (resume with ``--init``).
+keeps latents on a fixed scale), ``z*`` solved and differentiated as the decoder's :class:`fpntools.SolveConfig`
+says. Patches and corruptions come from :class:`PatchSource`, a :class:`fpntools.training.BatchSource`: every
+sample is drawn from a generator seeded by the trainer's (seed, epoch, batch) and the sample's index, so a run
+is reproducible, ``--resume`` continues it exactly, and data-parallel processes draw disjoint samples whose
+union is the single-process batch. The run folder holds ``config.json``, ``history.json`` and the checkpoint;
+the weights file (``--out``) is written at the end.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import typer
 from torch import Tensor
 
 import fpntools
 from fpntools.augmented import AugmentedMap, AugmentedResult, augmented_solve
-from problems.imaging.data import TEST_IMAGES, TRAIN_IMAGES, PatchSampler, center_crop, load_image, psnr
-from problems.imaging.model import DEFAULT_WEIGHTS, DecoderConfig, DEQDecoder, save_decoder
+from fpntools.errors import UserInputError
+from fpntools.metrics import psnr
+from fpntools.training import Trainer, TrainerConfig
+from problems.imaging.data import TEST_IMAGES, TRAIN_IMAGES, PatchSampler, center_crop, load_image
+from problems.imaging.model import ACTIVATIONS, DEFAULT_SOLVE, DecoderConfig, DEQDecoder, load_decoder, save_decoder
 from problems.imaging.tasks import LatentProblem, TaskConfig, joint_config, lam_for_sigma
 
-__all__ = ["TrainConfig", "Corruption", "corrupt", "heldout_psnr", "JointBatch", "joint_batch_loss", "train_decoder"]
+__all__ = [
+    "TrainConfig", "Corruption", "corrupt", "PatchSource", "decoder_loss", "heldout_psnr", "JointBatch",
+    "joint_batch_loss", "train_decoder", "TrainOutcome",
+]
 
 
 @dataclass
 class TrainConfig:
-    """Training options (wall-clock budget ``minutes``; ``steps`` caps the number of batches). ``jac_weight``
-    > 0 adds the Jacobian penalty ``jac_weight * ||J_f(z*)||_F^2 / N`` (Bai, Koltun, Kolter 2021; one Hutchinson
-    sample, applied with probability ``jac_prob`` per batch), which keeps the equilibrium easy to solve.
-    ``activation`` (with ``init``) switches the loaded weights to another activation before fine-tuning.
+    """The training recipe (everything that shapes the trajectory) and the run control.
+
+    Recipe: batches of ``batch`` random ``patch x patch`` patches; Adam at ``lr``, multiplied by 0.1 once
+    ``lr_drop`` of the run has passed (of the ``steps`` batches, or of the ``minutes`` budget when that ends the
+    run first); gradient norm clipped at ``grad_clip``; loss ``mse + latent_weight * mean ||E(.)||^2`` plus the
+    Jacobian penalty of the decoder's :class:`fpntools.SolveConfig` (``solve.jacobian``: ``weight *
+    ||J_f(z*)||_F^2 / N``, Bai, Koltun, Kolter 2021; one Hutchinson sample, applied with probability ``prob``
+    per batch), which keeps the equilibrium easy to solve. ``activation`` (with ``init``) switches the loaded
+    weights to another activation before fine-tuning.
 
     Training through the joint fixed point (Gurumurthy et al.): a fraction ``joint_fraction`` of the batches are
     inpainting observations (every patch has missing blocks, no noise) restored by the augmented solve itself --
@@ -41,40 +60,58 @@ class TrainConfig:
     the encoder's estimate, ``joint_iters`` joint iterations after the settle stage -- and the loss is
     ``mean ||h(z_K) - p||^2`` of the joint solve's end point, differentiated by ``joint_backward`` (``"jfb"``:
     one differentiated application of the joint map; ``"implicit"``: the implicit backward of the joint fixed
-    point, second order). The decoder learns latent problems that the joint solve finishes in ``joint_iters``."""
+    point, second order). The decoder learns latent problems that the joint solve finishes in ``joint_iters``.
+
+    Run control (not part of the recipe): ``minutes`` (wall-clock budget of this invocation; 0: none),
+    ``epoch_batches`` (batches per epoch, one progress line and one checkpoint each: the divisor of ``steps``
+    closest to it from below, :func:`epoch_length`), ``threads``, ``device``.
+    """
 
     patch: int = 32
     batch: int = 32
     lr: float = 2e-3
     minutes: float = 8.0
-    steps: int = 100000
+    steps: int = 2000
+    lr_drop: float = 0.85
+    grad_clip: float = 1.0
     latent_weight: float = 1e-3
-    fwd_tol: float = 1e-3
-    fwd_max_iter: int = 20
-    bwd_tol: float = 1e-3
-    bwd_max_iter: int = 20
     seed: int = 0
     threads: int = 1
     init: str | None = None
-    save_every: float = 5.0
-    jac_weight: float = 0.0
-    jac_prob: float = 1.0
     activation: str | None = None
     joint_fraction: float = 0.0
     joint_iters: int = 50
     joint_backward: str = "jfb"
     joint_residual_weight: float = 0.0
-    log_every: int = 100
+    epoch_batches: int = 100
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        for name in ("patch", "batch", "steps", "epoch_batches", "threads", "joint_iters"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserInputError(f"{name} must be a positive integer, got {v!r}")
+        if self.patch % 4 or self.patch < 8:
+            raise UserInputError(f"patch must be a multiple of 4 and at least 8, got {self.patch}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserInputError(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.minutes) and self.minutes >= 0):
+            raise UserInputError(f"minutes must be a nonnegative number (0: no budget), got {self.minutes}")
+        if not 0.0 < self.lr_drop <= 1.0:
+            raise UserInputError(f"lr_drop must lie in (0, 1] (1: never), got {self.lr_drop}")
         if not 0.0 <= self.joint_fraction <= 1.0:
-            raise ValueError(f"joint_fraction must lie in [0, 1], got {self.joint_fraction}")
-        if self.joint_iters < 1:
-            raise ValueError(f"joint_iters must be at least 1, got {self.joint_iters}")
-        if self.joint_residual_weight < 0:
-            raise ValueError(f"joint_residual_weight must be nonnegative, got {self.joint_residual_weight}")
+            raise UserInputError(f"joint_fraction must lie in [0, 1], got {self.joint_fraction}")
+        if not self.joint_residual_weight >= 0:
+            raise UserInputError(f"joint_residual_weight must be nonnegative, got {self.joint_residual_weight}")
         if self.joint_backward not in ("jfb", "implicit"):
-            raise ValueError(f"joint_backward must be 'jfb' or 'implicit', got {self.joint_backward!r}")
+            raise UserInputError(f"joint_backward must be 'jfb' or 'implicit', got {self.joint_backward!r}")
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise UserInputError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+
+    def recipe(self) -> dict:
+        """The fields that shape the trajectory (checked on ``--resume``): all but the run control."""
+        control = {"minutes", "threads", "epoch_batches", "device"}
+        return {k: v for k, v in asdict(self).items() if k not in control}
 
 
 @dataclass(frozen=True)
@@ -151,170 +188,260 @@ def joint_batch_loss(
     return JointBatch(mse, res.jacobian_loss, residual, int(res.info.steps.max()), res)
 
 
-def _ema(avg: float | None, value: Tensor, decay: float) -> float:
-    """Exponential moving average for progress lines (``value`` detached)."""
-    v = float(value.detach())
-    return v if avg is None else decay * avg + (1 - decay) * v
+class PatchSource:
+    """Corrupted training patches as a :class:`fpntools.training.BatchSource`.
+
+    ``len`` is the number of samples per epoch (``epoch_batches * batch``); ``batch(idx, generator)`` draws,
+    from the trainer's per-batch ``generator``, a 62-bit batch seed and (with ``joint_fraction > 0``) whether the
+    whole batch goes through the joint solve; sample ``i`` of ``idx`` is then a patch of :class:`PatchSampler`
+    and its corruption (:func:`corrupt`) from ``numpy.random.default_rng([stream, batch seed, i])``.
+    ``stream`` separates the streams of successive fine-tuning runs (the steps the ``--init`` weights had seen).
+    Returns ``{"p", "y", "m", "s", "joint"}``: clean patches, observations, masks, noise levels, joint flag.
+    """
+
+    def __init__(self, images: list[np.ndarray], patch: int, epoch_size: int, joint_fraction: float = 0.0,
+                 corruption: Corruption | None = None, stream: int = 0) -> None:
+        self.sampler = PatchSampler(images, patch)
+        self.epoch_size = int(epoch_size)
+        self.joint_fraction = float(joint_fraction)
+        self.corruption = corruption or Corruption()
+        self.stream = int(stream)
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def batch(self, idx: Tensor, generator: torch.Generator) -> dict[str, Any]:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        joint = self.joint_fraction > 0 and float(torch.rand((), generator=generator)) < self.joint_fraction
+        c = replace(self.corruption, p_clean=1.0, p_mask=1.0) if joint else self.corruption
+        parts = []
+        for i in idx.tolist():
+            rng = np.random.default_rng([self.stream, seed, int(i)])
+            p = self.sampler.sample(1, rng)
+            parts.append((p, *corrupt(p, rng, c)))
+        p, y, m, s = (torch.cat([q[k] for q in parts]) for k in range(4))
+        return {"p": p, "y": y, "m": m, "s": s, "joint": joint}
 
 
-def heldout_psnr(model: DEQDecoder, deq: fpntools.FixedPoint, sigma: float = 0.0, size: int = 96) -> float:
+def heldout_psnr(model: DEQDecoder, sigma: float = 0.0, size: int = 96) -> float:
     """Mean PSNR of the amortised restoration ``h(z*(E(y)))`` of the held-out central crops at noise ``sigma``
-    (0: autoencoding); a report, never used for selection."""
+    (0: autoencoding), ``z*`` by the decoder's own solve in eval mode; a report, never used for selection."""
+    was = model.training
     model.eval()
     vals = []
     rng = np.random.default_rng(0)
+    device = next(model.parameters()).device
     with torch.no_grad():
         for name in TEST_IMAGES:
             img = center_crop(load_image(name), size)
-            t = torch.from_numpy(img + sigma * rng.standard_normal(img.shape)).float()[None, None]
+            t = torch.from_numpy(img + sigma * rng.standard_normal(img.shape)).float()[None, None].to(device)
             x = model.encode(t, None, sigma)
-            z, _ = deq(x, z0=model.initial_state(x))
-            vals.append(psnr(model.head(z)[0, 0].numpy(), img))
-    model.train()
+            z, _ = model.equilibrium(x)
+            vals.append(float(psnr(np.clip(model.head(z)[0, 0].cpu().numpy(), 0, 1), img)))
+    model.train(was)
     return float(np.mean(vals))
 
 
-def train_decoder(
-    cfg: TrainConfig, model_cfg: DecoderConfig, out: str, log: bool = True, corruption: Corruption = Corruption()
-) -> dict:
-    """Train and save; returns a summary (steps, patches seen, seconds, held-out PSNRs)."""
+def decoder_loss(model: DEQDecoder, batch: dict[str, Any], cfg: TrainConfig) -> tuple[Tensor, dict[str, float]]:
+    """Loss and metrics of one batch of :class:`PatchSource` (the trainer's ``loss_fn``).
+
+    Ordinary batch: ``mse + latent_weight * mean ||x_hat||^2 + jacobian_loss`` with ``x_hat = E(y, m, sigma)``
+    and ``z*(x_hat)`` by the decoder's solve. Joint batch: ``mse + jacobian_loss + residual_loss`` of
+    :func:`joint_batch_loss`. Metrics (batch means; zero where they do not apply): ``mse``, ``joint`` (1 for a
+    joint batch), ``joint_mse``, ``fwd_steps`` (the forward solve's steps, ordinary batches), ``joint_steps``,
+    ``jac`` (the Jacobian penalty) and ``residual`` (the squared joint residual per entry).
+    """
+    p, y, m, s = batch["p"], batch["y"], batch["m"], batch["s"]
+    if batch["joint"]:
+        jb = joint_batch_loss(model, p, y, m, cfg, model.deq.jacobian_penalty)
+        extra = [t for t in (jb.jacobian_loss, jb.residual_loss) if t is not None]
+        loss = jb.mse + sum(extra) if extra else jb.mse
+        residual = 0.0 if jb.residual_loss is None else float(jb.residual_loss.detach()) / cfg.joint_residual_weight
+        jac = 0.0 if jb.jacobian_loss is None else float(jb.jacobian_loss.detach())
+        mse = float(jb.mse.detach())
+        return loss, {"mse": mse, "joint": 1.0, "joint_mse": mse, "fwd_steps": 0.0, "joint_steps": float(jb.steps),
+                      "jac": jac, "residual": residual}
+    x = model.encode(y, m, s)
+    z, info = model.equilibrium(x)
+    mse_t = ((model.head(z) - p) ** 2).mean()
+    loss = mse_t + cfg.latent_weight * (x**2).mean()
+    jac = 0.0
+    if info.jacobian_loss is not None:
+        loss = loss + info.jacobian_loss
+        jac = float(info.jacobian_loss.detach())
+    return loss, {"mse": float(mse_t.detach()), "joint": 0.0, "joint_mse": 0.0,
+                  "fwd_steps": float(info.steps.max()), "joint_steps": 0.0, "jac": jac, "residual": 0.0}
+
+
+class _DecoderRun:
+    """Trainer hook of the decoder training: the learning-rate drop (x0.1 once ``lr_drop`` of the steps, or of
+    this invocation's time budget, has passed; written into the scheduler's base rate too, so the checkpoint keeps
+    it), the count of joint batches, the derived epoch metrics (PSNR of the mean MSE per batch kind) and the
+    checkpointed state (drop flag, joint batches, seconds trained, the Jacobian penalty's step counter)."""
+
+    def __init__(self, model: DEQDecoder, cfg: TrainConfig) -> None:
+        self.model, self.cfg = model, cfg
+        self.dropped = False
+        self.joint_batches = 0
+        self.seconds_before = 0.0
+        self._t0 = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds trained over all invocations of this run."""
+        return self.seconds_before + time.monotonic() - self._t0
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.joint_batches += int(round(metrics.get("joint", 0.0)))
+        if self.dropped:
+            return
+        frac = trainer.step / self.cfg.steps
+        if self.cfg.minutes > 0:
+            frac = max(frac, (time.monotonic() - self._t0) / (60.0 * self.cfg.minutes))
+        if frac >= self.cfg.lr_drop:
+            self.dropped = True
+            lr = self.cfg.lr * 0.1
+            for g in trainer.optimizer.param_groups:
+                g["lr"] = lr
+            trainer.scheduler.base_lrs = [lr] * len(trainer.optimizer.param_groups)
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        joint = record.get("train_joint", 0.0)
+        plain_mse = (record.get("train_mse", 0.0) - record.get("train_joint_mse", 0.0)) / max(1e-12, 1.0 - joint)
+        if joint < 1.0 and plain_mse > 0:
+            record["plain_psnr"] = -10.0 * math.log10(plain_mse)
+        if joint > 0 and record.get("train_joint_mse", 0.0) > 0:
+            record["joint_psnr"] = -10.0 * math.log10(record["train_joint_mse"] / joint)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dropped": self.dropped, "joint_batches": self.joint_batches, "seconds": self.seconds,
+                "penalty_step": int(self.model.deq.penalty_step)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dropped = bool(state["dropped"])
+        self.joint_batches = int(state["joint_batches"])
+        self.seconds_before, self._t0 = float(state["seconds"]), time.monotonic()
+        self.model.deq.penalty_step.fill_(int(state["penalty_step"]))
+
+
+def epoch_length(steps: int, wanted: int) -> int:
+    """Batches per epoch: the divisor of ``steps`` closest to ``wanted`` (not above it), so that the run is a
+    whole number of epochs and every batch lands in an epoch record."""
+    best = 1
+    for d in range(1, min(steps, wanted) + 1):
+        if steps % d == 0:
+            best = d
+    return best
+
+
+@dataclass
+class TrainOutcome:
+    """What :func:`train_decoder` did: the weights file, the summary written into it, the trainer's result."""
+
+    out: Path
+    summary: dict
+    result: Any = field(repr=False, default=None)
+
+
+def _initial_model(cfg: TrainConfig, model_cfg: DecoderConfig) -> tuple[DEQDecoder, int]:
+    """A fresh decoder (seeded) or the ``--init`` weights (optionally switched to ``cfg.activation``), and the
+    number of steps those weights had seen."""
     torch.manual_seed(cfg.seed)
+    if cfg.init is None:
+        return DEQDecoder(replace(model_cfg, activation=cfg.activation or model_cfg.activation)), 0
+    model = load_decoder(cfg.init)
+    if cfg.activation is not None and cfg.activation != model.cfg.activation:
+        # fine-tune the same weights under another activation (e.g. relu -> softplus for a smooth decoder)
+        state = model.state_dict()
+        model = DEQDecoder(replace(model.cfg, activation=cfg.activation))
+        model.load_state_dict(state)
+    from safetensors import safe_open
+
+    with safe_open(cfg.init, framework="pt") as fh:
+        prev = json.loads((fh.metadata() or {}).get("summary", "{}"))
+    return model, int(prev.get("total_steps", prev.get("steps", 0)))
+
+
+def train_decoder(
+    cfg: TrainConfig,
+    model_cfg: DecoderConfig,
+    out: str | Path,
+    *,
+    solve: fpntools.SolveConfig = DEFAULT_SOLVE,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    max_steps: int | None = None,
+    log: bool = True,
+    corruption: Corruption = Corruption(),
+    logger: Callable[[str], None] | None = None,
+) -> TrainOutcome:
+    """Train the decoder (see the module docstring) and write ``out`` (weights, architecture, ``solve`` and a
+    summary with the held-out PSNRs). ``run_dir``: the run folder (checkpoint, ``config.json``,
+    ``history.json``); ``resume`` continues its checkpoint, ``force`` starts over; a checkpoint there without
+    either is refused. ``max_steps`` stops this invocation after that many steps in total (a budget; the weights
+    are written and ``--resume`` continues). ``model_cfg`` is the architecture of a fresh decoder (``cfg.init``
+    brings its own)."""
+    from fpntools.cli_support import check_output_path
+    from fpntools.training.trainer import print_to_stderr
+
+    out = check_output_path(out, (".safetensors",), what="weights file")
     torch.set_num_threads(cfg.threads)
-    sampler = PatchSampler([load_image(n) for n in TRAIN_IMAGES], cfg.patch, cfg.seed)
-    model = DEQDecoder(model_cfg)
-    prior_steps = 0
-    if cfg.init is not None:  # resume from saved weights
-        import json
-
-        from safetensors import safe_open
-
-        from problems.imaging.model import load_decoder
-
-        model = load_decoder(cfg.init).train()
-        if cfg.activation is not None and cfg.activation != model.cfg.activation:
-            # fine-tune the same weights under another activation (e.g. relu -> softplus for a smooth decoder)
-            state = model.state_dict()
-            model = DEQDecoder(replace(model.cfg, activation=cfg.activation)).train()
-            model.load_state_dict(state)
-        with safe_open(cfg.init, framework="pt") as fh:
-            prev = json.loads((fh.metadata() or {}).get("summary", "{}"))
-        prior_steps = int(prev.get("total_steps", prev.get("steps", 0)))
-        sampler = PatchSampler(sampler.images, cfg.patch, cfg.seed + prior_steps)
-    rng = np.random.default_rng([cfg.seed, prior_steps])
-    penalty = None
-    if cfg.jac_weight > 0:
-        from fpntools.regularization import JacobianPenalty
-
-        penalty = JacobianPenalty(weight=cfg.jac_weight, p=cfg.jac_prob,
-                                  generator=torch.Generator().manual_seed(cfg.seed))
-    deq = fpntools.FixedPoint(
-        model.layer, "anderson", fpntools.Implicit(tol=cfg.bwd_tol, max_iter=cfg.bwd_max_iter),
-        tol=cfg.fwd_tol, max_iter=cfg.fwd_max_iter, m=5, jacobian_penalty=penalty,
+    model, prior_steps = _initial_model(cfg, model_cfg)
+    model.set_solve(solve)
+    model.train()
+    per_epoch = epoch_length(cfg.steps, cfg.epoch_batches)
+    source = PatchSource([load_image(n) for n in TRAIN_IMAGES], cfg.patch, per_epoch * cfg.batch,
+                         cfg.joint_fraction, corruption, stream=prior_steps)
+    tcfg = TrainerConfig(
+        epochs=cfg.steps // per_epoch, batch_size=cfg.batch, lr=cfg.lr, optimizer="adam", grad_clip=cfg.grad_clip,
+        seed=cfg.seed, device=cfg.device, run_dir=None if run_dir is None else str(run_dir), resume=resume,
+        force=force, max_minutes=cfg.minutes, max_steps=max_steps, progress=log,
     )
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    t0 = time.perf_counter()
-    budget = cfg.minutes * 60
-    step = 0
-    ema = joint_ema = res_ema = None
-    n_joint = joint_steps = 0
-    last_save = t0
-
-    def summary() -> dict:
-        return {
-            "steps": step, "total_steps": prior_steps + step, "patches": step * cfg.batch, "joint_batches": n_joint,
-            "seconds": round(time.perf_counter() - t0, 1), "train": asdict(cfg), "corruption": asdict(corruption),
-        }
-
-    while step < cfg.steps and time.perf_counter() - t0 < budget:
-        frac = (time.perf_counter() - t0) / budget
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * (0.1 if frac > 0.85 else 1.0)
-        p = sampler.sample(cfg.batch)
-        joint = cfg.joint_fraction > 0 and rng.random() < cfg.joint_fraction
-        if joint:  # through the augmented joint solve, on noiseless inpainting observations
-            y, m, _ = corrupt(p, rng, replace(corruption, p_clean=1.0, p_mask=1.0))
-            jb = joint_batch_loss(model, p, y, m, cfg, penalty)
-            mse, joint_steps = jb.mse, jb.steps
-            loss = mse + sum(t for t in (jb.jacobian_loss, jb.residual_loss) if t is not None)
-            if jb.residual_loss is not None:
-                res_ema = _ema(res_ema, jb.residual_loss, 0.95)
-            n_joint += 1
-            joint_ema = _ema(joint_ema, mse, 0.95)
-        else:
-            y, m, s = corrupt(p, rng, corruption)
-            x = model.encode(y, m, s)
-            z, info = deq(x, z0=model.initial_state(x))
-            rec = model.head(z)
-            mse = ((rec - p) ** 2).mean()
-            loss = mse + cfg.latent_weight * (x**2).mean()
-            if info.jacobian_loss is not None:
-                loss = loss + info.jacobian_loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if not joint:
-            ema = _ema(ema, mse, 0.98)
-        if log and step % cfg.log_every == 0:
-            parts = [f"step {step} {time.perf_counter() - t0:.0f}s"]
-            if ema is not None:
-                parts.append(
-                    f"mse {ema:.5f} ({-10 * np.log10(ema):.2f} dB) fwd steps {int(info.steps.max())} "
-                    f"|x| {float(x.detach().pow(2).mean()):.3f}"
-                    + ("" if info.jacobian_loss is None else f" jac {float(info.jacobian_loss.detach()):.2e}")
-                )
-            if joint_ema is not None:
-                parts.append(f"{n_joint} joint batches: mse {joint_ema:.5f} ({-10 * np.log10(joint_ema):.2f} dB), "
-                             f"joint steps {joint_steps}" + ("" if res_ema is None else f", residual {res_ema:.2e}"))
-            print(" | ".join(parts), flush=True)
-        if time.perf_counter() - last_save > cfg.save_every * 60:
-            save_decoder(model, out, {"summary": summary()})
-            last_save = time.perf_counter()
-    final = summary()
-    final["heldout_psnr"] = {f"sigma={s}": round(heldout_psnr(model, deq, s), 2) for s in (0.0, 0.2, 0.4)}
-    save_decoder(model, out, {"summary": final})
-    if log:
-        print(final)
-    return final
+    run_config = {"recipe": cfg.recipe(), "decoder": asdict(model.cfg), "solve": solve.to_dict(),
+                  "corruption": asdict(corruption), "prior_steps": prior_steps}
+    hook = _DecoderRun(model, cfg)
+    trainer = Trainer(model, lambda m, b: decoder_loss(m, b, cfg), source, tcfg, hooks=[hook],
+                      run_config=run_config, log=(logger or print_to_stderr) if log else None)
+    result = trainer.fit()
+    model = trainer.model
+    summary = {
+        "steps": result.steps, "total_steps": prior_steps + result.steps, "patches": result.steps * cfg.batch,
+        "joint_batches": hook.joint_batches, "seconds": round(hook.seconds, 1), "stop_reason": result.stop_reason,
+        "train": asdict(cfg), "corruption": asdict(corruption),
+    }
+    if trainer.ctx.is_main:
+        summary["heldout_psnr"] = {f"sigma={s}": round(heldout_psnr(model, s), 2) for s in (0.0, 0.2, 0.4)}
+        save_decoder(model, out, {"summary": summary})
+    return TrainOutcome(out, summary, result)
 
 
-def main(
-    minutes: float = typer.Option(10.0, help="wall-clock training budget"),
-    steps: int = typer.Option(2000, help="number of batches (of 32 patches 32x32)"),
-    out: str = typer.Option(str(DEFAULT_WEIGHTS), help="output .safetensors"),
-    channels: int = typer.Option(DecoderConfig.channels),
-    latent_channels: int = typer.Option(DecoderConfig.latent_channels),
-    encoder_width: int = typer.Option(DecoderConfig.encoder_width),
-    latent_weight: float = typer.Option(1e-3),
-    lr: float = typer.Option(TrainConfig.lr, help="Adam learning rate (x0.1 for the last 15% of the run)"),
-    seed: int = typer.Option(0),
-    init: str = typer.Option("", help="resume from these weights"),
-    jac_weight: float = typer.Option(0.0, help="Jacobian penalty weight (0: off)"),
-    jac_prob: float = typer.Option(1.0, help="probability of applying the Jacobian penalty per batch"),
-    activation: str = typer.Option(
-        "", help="relu or softplus (default: relu, or that of the --init weights, which this switches)"
-    ),
-    joint_fraction: float = typer.Option(0.0, help="fraction of batches trained through the joint solve (0: off)"),
-    joint_iters: int = typer.Option(TrainConfig.joint_iters, help="joint iterations per joint batch"),
-    joint_backward: str = typer.Option(TrainConfig.joint_backward, help="jfb or implicit"),
-    joint_residual_weight: float = typer.Option(
-        0.0, help="weight of the squared joint residual at the end of each joint batch (0: off)"
-    ),
-    log_every: int = typer.Option(TrainConfig.log_every, help="print a progress line every this many batches"),
-) -> None:
-    """Train the DEQ patch decoder."""
-    train_decoder(
-        TrainConfig(minutes=minutes, steps=steps, lr=lr, latent_weight=latent_weight, seed=seed, init=init or None,
-                    jac_weight=jac_weight, jac_prob=jac_prob, activation=activation or None,
-                    joint_fraction=joint_fraction, joint_iters=joint_iters, joint_backward=joint_backward,
-                    joint_residual_weight=joint_residual_weight,
-                    log_every=log_every),
-        DecoderConfig(channels=channels, latent_channels=latent_channels, encoder_width=encoder_width,
-                      activation=activation or "relu"),
-        out,
-    )
 
 
-if __name__ == "__main__":
-    typer.run(main)
+def train_command(*, run_dir: str | Path, out: str | Path | None, channels: int, latent_channels: int,
+                  encoder_width: int, jac_weight: float, jac_prob: float, resume: bool, force: bool,
+                  activation: str | None, **recipe: Any) -> str:
+    """``fpntools imaging train``: build the configs from the command's options, train, and return the final
+    message. ``recipe`` holds the :class:`TrainConfig` fields; the Jacobian penalty goes into the decoder's
+    :class:`fpntools.SolveConfig` (:data:`problems.imaging.model.DEFAULT_SOLVE` otherwise)."""
+    from fpntools.solve_config import JacobianRegConfig
+
+    try:
+        jac = JacobianRegConfig(weight=jac_weight, prob=jac_prob)
+    except ValueError as exc:
+        raise UserInputError(f"--jac-weight / --jac-prob: {exc}") from None
+    cfg = TrainConfig(activation=activation, **recipe)
+    model_cfg = DecoderConfig(channels=channels, latent_channels=latent_channels, encoder_width=encoder_width,
+                              activation=activation or "relu")
+    run_dir = Path(run_dir)
+    weights = Path(out) if out is not None else run_dir / "decoder.safetensors"
+    if out is None:
+        from fpntools.cli_support import check_output_dir
+
+        check_output_dir(run_dir, what="run folder")
+    res = train_decoder(cfg, model_cfg, weights, solve=DEFAULT_SOLVE.with_(jacobian=jac), run_dir=run_dir,
+                        resume=resume, force=force)
+    s = res.summary
+    psnrs = ", ".join(f"{k} {v:.2f} dB" for k, v in s.get("heldout_psnr", {}).items())
+    return (f"wrote {res.out}: {s['steps']} batches ({s['joint_batches']} through the joint solve), stopped: "
+            f"{s['stop_reason']}; held-out amortised PSNR {psnrs}; run folder {run_dir}")
