@@ -28,6 +28,16 @@ def save_checkpoint(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+def _reason(exc: BaseException) -> str:
+    """One line from torch's (multi-line) load error: the unpickler's own reason when it gives one."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
@@ -39,7 +49,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for corrupt files
-        raise CheckpointError(f"checkpoint file {path} is corrupt or not a torch checkpoint: {exc}") from exc
+        raise CheckpointError(f"checkpoint file {path} is corrupt or not a torch checkpoint ({_reason(exc)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint file {path} holds a {type(obj).__name__}, expected a dict")
     return obj

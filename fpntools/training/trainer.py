@@ -381,9 +381,11 @@ class Trainer:
         self._check_same_run(state)
         try:
             self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()
-            raise CheckpointError(f"the checkpoint's weights do not fit the model: {' '.join(first[1:3]) or first[0]}") from None
+        except RuntimeError as exc:  # torch lists every mismatch on its own line; keep the first
+            lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+            detail = lines[1] if len(lines) > 1 else lines[0]
+            raise UserInputError(f"the checkpoint's weights do not fit the model: {detail}; pass --force to start "
+                                 "over") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.batch_index, self.step = int(state["epoch"]), int(state["batch_index"]), int(state["step"])
@@ -441,7 +443,10 @@ class Trainer:
                 f"run folder {self.run_dir} already holds a checkpoint ({self._describe(ck)}); pass --resume to "
                 "continue it or --force to start over")
         if ck.is_file() and c.resume:
-            state = load_checkpoint(ck, map_location=self.device)
+            try:
+                state = load_checkpoint(ck, map_location=self.device)
+            except CheckpointError as exc:
+                raise UserInputError(f"{exc}; pass --force to start over") from None
             self.load_state_dict(state)
             self._say(f"resuming {ck} at epoch {self.epoch + 1}, batch {self.batch_index} (step {self.step})")
         else:

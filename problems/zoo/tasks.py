@@ -26,7 +26,7 @@ from fpntools.models import (
     SolveConfig,
     count_parameters,
 )
-from fpntools.training.loop import TrainConfig, Trainer
+from fpntools.training import Trainer, TrainerConfig, dataset_evaluator, task_loss
 
 __all__ = [
     "Row",
@@ -53,23 +53,27 @@ class Row:
 
 def _train(model: nn.Module, train, test, epochs: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
            task: str = "classification", max_steps: int | None = None,
-           lr_schedule: str = "constant") -> tuple[dict, Trainer]:
-    cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, seed=seed, task=task, progress=False,
-                      max_steps=max_steps, eval_batch_size=512, lr_schedule=lr_schedule)
-    trainer = Trainer(model, cfg, train, test)
+           schedule: str = "constant") -> tuple[dict, Trainer]:
+    """Train with the zoo recipe (Adam, ``schedule`` per step, seeded order) and evaluate on ``test`` after
+    every epoch. Returns the last epoch record plus ``epoch_s`` / ``step_ms`` (means over the epochs) and the
+    trainer; a run stopped by ``max_steps`` inside an epoch is evaluated where it stopped."""
+    cfg = TrainerConfig(epochs=epochs, batch_size=batch, lr=lr, seed=seed, progress=False, max_steps=max_steps,
+                        schedule=schedule, device="cpu")
+    trainer = Trainer(model, task_loss(task), train, cfg, evaluate=dataset_evaluator(test, task, 512, prefix="test"),
+                      log=None)
     res = trainer.fit()
     final = dict(res.final) if res.final else {}
-    times = [h["time_s"] for h in res.history] or [float("nan")]
-    steps = [h["time_per_step_ms"] for h in res.history] or [float("nan")]
+    times = [h["seconds"] for h in res.history] or [float("nan")]
+    steps = [1e3 * h["seconds"] / max(h["steps"], 1) for h in res.history] or [float("nan")]
     final["epoch_s"] = sum(times) / len(times)
     final["step_ms"] = sum(steps) / len(steps)
     if not res.completed:  # stopped by max_steps inside an epoch
-        final.update(trainer.evaluate())
+        final.update(trainer.evaluate_now())
+        running = trainer.running_record()
         if not res.history:
-            final["step_ms"] = trainer.time_per_step_ms
-        sums = trainer._sums  # the unfinished epoch: mean forward solver steps of its training steps
-        if sums.get("count"):
-            final["train_forward_steps"] = sums["fsteps"] / sums["count"]
+            final["step_ms"] = 1e3 * running["seconds"] / running["steps"] if running["steps"] else float("nan")
+        if "train_forward_steps" in running:  # the unfinished epoch's mean forward solver steps
+            final["train_forward_steps"] = running["train_forward_steps"]
     return final, trainer
 
 
@@ -147,7 +151,7 @@ def jfb_vs_implicit(epochs: int = 10, width: int | None = None, seed: int = 0, t
             info = out.infos[0]
             adjoint_steps = float(info.backward.steps.float().mean()) if info.backward is not None else 0.0
             adjoint_products = info.backward.nfe if info.backward is not None else 0
-            vals = {"tol": f"{tol:g}", "params": count_parameters(model), "test acc %": 100 * final["eval_acc"],
+            vals = {"tol": f"{tol:g}", "params": count_parameters(model), "test acc %": 100 * final["test_acc"],
                     "train loss": final["train_loss"], "s / epoch": final["epoch_s"], "ms / step": final["step_ms"],
                     "fwd ms": fwd_ms, "bwd ms": bwd_ms, "fwd steps": final["train_forward_steps"],
                     "adjoint steps": adjoint_steps, "adjoint products": adjoint_products}
@@ -205,9 +209,9 @@ def _jr_rows(make: Callable[[JacobianRegConfig], DEQMLP], train, test, x_probe: 
         vals: dict = {"‖J‖_F init": jf0, "‖J‖_F trained": jacobian_norm(model, x_probe),
                       f"steps to {tol:g} init": s0, f"steps to {tol:g} trained": s1, "converged %": 100 * c1}
         if task == "classification":
-            vals["test acc %"] = 100 * final["eval_acc"]
+            vals["test acc %"] = 100 * final["test_acc"]
         else:
-            vals["test mse"] = final["eval_loss"]
+            vals["test mse"] = final["test_loss"]
         vals["s / epoch"] = final["epoch_s"]
         rows.append(Row(f"jac reg weight {w:g}", vals))
     return rows
@@ -298,9 +302,9 @@ def equal_parameter_comparison(epochs: int = 20, budget: int = 20_000, seed: int
         model = make(w)
         data = flat if is_flat else img
         lr = hp.get(name, {}).get("lr", 1e-3)
-        final, _ = _train(model, data.train, data.test, epochs, lr=lr, seed=seed, lr_schedule="cosine")
-        vals = {"width": w, "params": count_parameters(model), "lr": f"{lr:g}", "test acc %": 100 * final["eval_acc"],
-                "s / epoch": final["epoch_s"], "fwd steps": final.get("eval_forward_steps", 0.0)}
+        final, _ = _train(model, data.train, data.test, epochs, lr=lr, seed=seed, schedule="cosine")
+        vals = {"width": w, "params": count_parameters(model), "lr": f"{lr:g}", "test acc %": 100 * final["test_acc"],
+                "s / epoch": final["epoch_s"], "fwd steps": final.get("test_forward_steps", 0.0)}
         if getattr(model, "deq", None) is not None:
             x = data.x_test
             model.eval()
@@ -351,10 +355,10 @@ def char_lm(steps: int = 200, d_model: int = 64, seq_len: int = 64, batch: int =
             out = model(x)
             loss = out.logits.float().mean()
         loss.backward()
-        rows.append(Row(name, {"params": count_parameters(model), "valid ppl": final["eval_ppl"],
-                               "valid bpc": final["eval_loss"] / math.log(2), "ms / step": final["step_ms"],
+        rows.append(Row(name, {"params": count_parameters(model), "valid ppl": final["test_ppl"],
+                               "valid bpc": final["test_loss"] / math.log(2), "ms / step": final["step_ms"],
                                "train act. MB": saved.bytes / 2**20,
-                               "train fwd steps": train_steps, "valid fwd steps": final.get("eval_forward_steps", 0.0),
+                               "train fwd steps": train_steps, "valid fwd steps": final.get("test_forward_steps", 0.0),
                                "valid converged %": _lm_converged(model, valid)}))
     return rows
 
