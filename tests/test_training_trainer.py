@@ -278,3 +278,25 @@ def test_empty_data_and_nonfinite_loss():
     lin = torch.nn.Linear(6, 2)
     with pytest.raises(NotUsableError, match="not finite"):
         Trainer(lin, lambda m, b: m(b[0]).sum() * float("nan"), _data(), _cfg(), log=None).fit()
+
+
+def test_resume_with_weights_of_another_model_is_a_one_line_error(tmp_path):
+    _fit(tmp_path, _data(), max_steps=1)
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3))
+    trainer = Trainer(other, task_loss("classification"), _data(), _cfg(tmp_path, resume=True), log=None,
+                      run_config={"model": "deq", "width": 8})
+    with pytest.raises(UserInputError) as e:
+        trainer.fit()
+    assert "do not fit the model" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_resumes_exactly(tmp_path):
+    data = NoisySource(_data())
+    ev = dataset_evaluator(_data(12, 1), "classification", batch_size=5)
+    ref_model, ref = _fit(tmp_path / "ref", data, evaluate=ev, device="cuda")
+    assert next(ref_model.parameters()).is_cuda and ref.completed
+    _fit(tmp_path / "a", data, evaluate=ev, device="cuda", max_steps=4)
+    model, res = _fit(tmp_path / "a", data, evaluate=ev, device="cuda", resume=True)
+    assert torch.equal(_params(model), _params(ref_model))
+    assert [h["val_acc"] for h in res.history] == [h["val_acc"] for h in ref.history]

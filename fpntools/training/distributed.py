@@ -71,6 +71,11 @@ def init_distributed(backend: str | None = None, device: str | None = None) -> D
     backend = backend or ("nccl" if use_cuda else "gloo")
     if backend == "nccl" and not torch.cuda.is_available():
         raise RuntimeError("backend 'nccl' needs CUDA; use backend='gloo' on CPU")
+    if backend == "nccl" and local >= torch.cuda.device_count():
+        from fpntools.errors import UserInputError
+
+        raise UserInputError(f"process {local} of this node needs CUDA device cuda:{local} but only "
+                             f"{torch.cuda.device_count()} exist; start fewer processes per node or use --device cpu")
     dev = torch.device(f"cuda:{local}") if backend == "nccl" else torch.device(device or "cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

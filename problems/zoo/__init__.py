@@ -5,6 +5,10 @@
   regularisation (Bai et al. 2021) on digits and a 1-D synthetic regression, SIM vs DEQ vs MDEQ at equal
   parameter count (Konishi & Kawahara 2023), DEQ-Transformer character-level language modelling.
 
-``fpntools bench zoo`` runs them and prints the tables; ``fpntools zoo train`` trains one zoo model
-(also under ``torchrun`` for multi-process data-parallel training).
+* :mod:`problems.zoo.train`: one zoo model described by a size-checked :class:`~problems.zoo.train.ZooSpec`,
+  trained with :class:`fpntools.training.Trainer` (run folder, exact resume, devices, ``torchrun``), saved
+  as ``model.pt``, loaded and evaluated.
+
+``fpntools bench zoo`` runs the experiments and prints the tables; ``fpntools zoo train`` trains one zoo
+model (also under ``torchrun`` for multi-process data-parallel training), ``fpntools zoo eval`` evaluates it.
 """
