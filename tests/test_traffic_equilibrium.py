@@ -45,6 +45,58 @@ def test_bpr_calculus():
         np.testing.assert_allclose(cost.integral(x), bpr_integral(x, t0, b, c, power, k))
 
 
+def test_bpr_one_definition_numpy_and_torch():
+    """The same functions evaluate numpy arrays and torch tensors (the N-FPN's cost); torch gradients in the
+    flow, the free-flow time and the capacity match float64 central differences, and ``bpr_derivative`` is
+    the autograd derivative of ``bpr``."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    n = 40
+    x, t0, c = rng.uniform(10, 3000, n), rng.uniform(1, 5, n), rng.uniform(500, 2000, n)
+    b, p, k = np.where(np.arange(n) % 5 == 0, 0.0, 0.15), rng.uniform(1, 5, n), rng.uniform(0, 2, n)
+    T = {name: torch.tensor(v, dtype=torch.float64, requires_grad=True) for name, v in
+         dict(x=x, t0=t0, c=c).items()}
+    bt, pt, kt = (torch.tensor(v) for v in (b, p, k))
+    out = bpr(T["x"], T["t0"], bt, T["c"], pt, kt)
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_allclose(out.detach().numpy(), bpr(x, t0, b, c, p, k), rtol=1e-15)
+    np.testing.assert_allclose(bpr_derivative(T["x"], T["t0"], bt, T["c"], pt).detach().numpy(),
+                               bpr_derivative(x, t0, b, c, p), rtol=1e-15)
+    np.testing.assert_allclose(bpr_integral(T["x"], T["t0"], bt, T["c"], pt, kt).detach().numpy(),
+                               bpr_integral(x, t0, b, c, p, k), rtol=1e-15)
+    out.sum().backward()
+    args = dict(x=x, t0=t0, c=c)
+    for name in ("x", "t0", "c"):
+        h = 1e-6 * args[name]
+        up, dn = dict(args), dict(args)
+        up[name], dn[name] = args[name] + h, args[name] - h
+        fd = (bpr(up["x"], up["t0"], b, up["c"], p, k) - bpr(dn["x"], dn["t0"], b, dn["c"], p, k)) / (2 * h)
+        np.testing.assert_allclose(T[name].grad.numpy(), fd, rtol=1e-6, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(T["x"].grad.numpy(), bpr_derivative(x, t0, b, c, p), rtol=1e-12)
+    # b = 0 links have the constant cost t0 + k (capacity irrelevant, zero gradient in c)
+    assert np.all(T["c"].grad.numpy()[b == 0] == 0)
+
+
+def test_cost_range_check_names_the_link():
+    from problems.traffic.costs import CostRangeError
+
+    L = 4
+    one = np.ones(L)
+    cost = BPRCost(t0=one, b=0.15 * one, capacity=np.array([100.0, 100.0, 1e-300, 100.0]), power=4 * one,
+                   fixed=0 * one)
+    with pytest.raises(CostRangeError, match=r"link 3 \(a->b\): BPR cost overflows") as e:
+        cost.check_range(1e4, lambda a: f"link {a + 1} (a->b)")
+    assert e.value.link == 2
+    cost.subset(np.array([0, 1, 3])).check_range(1e4)  # the other links are fine at any flow <= 1e4
+    neg = BPRCost(t0=one, b=0.15 * one, capacity=100 * one, power=4 * one, fixed=np.array([0, -2.0, 0, 0]))
+    with pytest.raises(CostRangeError, match="link 2: generalised cost at zero flow is -1"):
+        neg.check_range(10.0)
+    big = BPRCost(t0=one, b=0.15 * one, capacity=100 * one, power=np.array([4, 4, 100.0, 4]), fixed=0 * one)
+    big.check_range(1e4)  # (1e4 / 100)^101 = 1e202: representable, like its products with the flow
+    with pytest.raises(CostRangeError, match="link 3"):
+        big.check_range(1e6)  # (1e4)^101 overflows
+
+
 # ------------------------------------------------------------------------------------------------ cvxpy
 
 
@@ -241,8 +293,8 @@ def test_cli_bad_file_no_traceback_no_output(tmp_path, toy_files):
     assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)
     assert "line 9" in r.output and "bad_net.tntp" in r.output
     assert not out.exists()
-    r = runner.invoke(app, ["traffic", "equilibrium", "--net", str(tmp_path / "missing.tntp"), "--trips", str(trips_path),
-                            "--out", str(out)])
+    r = runner.invoke(app, ["traffic", "equilibrium", "--net", str(tmp_path / "missing.tntp"), "--trips",
+                            str(trips_path), "--out", str(out)])
     assert r.exit_code == 2 and "file not found" in r.output and not out.exists()
     # unconverged: non-zero exit, no output
     r = runner.invoke(app, ["traffic", "equilibrium", "--net", str(net_path), "--trips", str(trips_path),

@@ -50,9 +50,10 @@ def load_weighted_network(net: str | os.PathLike, trips: str | os.PathLike, toll
                           distance_factor: float | None, quiet: bool = False):
     """``(network, demand)`` read from TNTP files, with generalised-cost weights from
     :func:`problems.traffic.tntp.resolve_cost_weights` (given, else published for a network recognised by
-    its content, else 0 with a warning when the links carry tolls / lengths).  Notes go to stderr unless
-    ``quiet``; warnings always."""
-    from problems.traffic.tntp import TNTPError, load_network, resolve_cost_weights
+    its content, else 0 with a warning when the links carry tolls / lengths) and warnings for unusual link
+    data (:func:`problems.traffic.tntp.unusual_links`).  Notes go to stderr unless ``quiet``; warnings
+    always."""
+    from problems.traffic.tntp import TNTPError, load_network, resolve_cost_weights, unusual_links
 
     try:
         network, demand = load_network(net, trips)
@@ -61,7 +62,7 @@ def load_weighted_network(net: str | os.PathLike, trips: str | os.PathLike, toll
     w = resolve_cost_weights(network, toll_factor, distance_factor, labels=FACTOR_LABELS)
     for note in w.notes:
         _say(note, quiet)
-    for message in w.warnings:
+    for message in (*w.warnings, *unusual_links(network)):
         warn(message)
     network.toll_factor, network.distance_factor = w.toll_factor, w.distance_factor
     return network, demand

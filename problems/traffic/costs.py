@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -209,17 +209,17 @@ class BPRCost:
         out._mask_dp = self._mask_dp
         return out
 
-    def check_range(self, max_flow: float, names: list[str] | None = None) -> None:
+    def check_range(self, max_flow: float, label: Callable[[int], str] | None = None) -> None:
         """Raise :class:`CostRangeError` naming the first link whose cost is negative at zero flow, or whose
         cost, derivative or Beckmann term is not finite for some flow in ``[0, max_flow]`` (with
         ``max_flow`` the total demand, no link of a loop-free assignment carries more).
 
         The quantities the solver forms are checked at ``max_flow`` with the margin of the sums it takes:
         ``t(X) X L``, ``t'(X) X^2 L`` and ``T(X) L`` (``L`` links) must be finite, so no total system travel
-        time, line-search curvature or objective overflows.  ``names[a]`` labels link ``a`` (default
-        ``"link a+1"``)."""
+        time, line-search curvature or objective overflows.  ``label(a)`` names link ``a`` in messages (default
+        ``"link a+1"``; :meth:`problems.traffic.tntp.Network.link_label`)."""
         L = self.t0.size
-        label = (lambda a: names[a]) if names is not None else (lambda a: f"link {a + 1}")
+        label = label if label is not None else (lambda a: f"link {a + 1}")
         with np.errstate(all="ignore"):
             t_zero = self(np.zeros(L))
             bad = np.flatnonzero(~np.isfinite(t_zero) | (t_zero < 0))

@@ -149,7 +149,8 @@ def format_table(rows: list[BenchRow]) -> str:
     lines = [head, sep]
     for r in rows:
         lines.append(
-            f"| {r.network} | {r.links} | {r.n_train} / {r.n_test} | {r.solver_s_per_sample:.2f} ({r.solver_sweeps:.1f})"
+            f"| {r.network} | {r.links} | {r.n_train} / {r.n_test}"
+            f" | {r.solver_s_per_sample:.2f} ({r.solver_sweeps:.1f})"
             f" | {r.max_gap:.1e} | {r.nfpn_rel_l2:.2e} | {r.nfpn_trafix:.3f} | {r.nfpn_wardrop_gap:.2e}"
             f" | {r.nfpn_conservation:.2e}"
             f" | {r.nfpn_cpu_s:.2f} | {r.nfpn_train_cpu_s:.0f} | {r.const_rel_l2:.2e} ({r.const_trafix:.3f})"

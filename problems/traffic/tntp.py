@@ -47,6 +47,7 @@ __all__ = [
     "CostWeights",
     "identify_network",
     "resolve_cost_weights",
+    "unusual_links",
     "write_net",
     "write_trips",
 ]
@@ -499,6 +500,23 @@ def identify_network(network: Network) -> str | None:
         if info["fingerprint"] == fp:
             return name
     return None
+
+
+#: BPR powers above this are reported by :func:`unusual_links` (published networks use 4; a larger power
+#: makes the link a near-wall at capacity, often a data error)
+USUAL_MAX_POWER = 10.0
+
+
+def unusual_links(network: Network, max_power: float = USUAL_MAX_POWER) -> list[str]:
+    """Warnings for link data that is valid but unusual: BPR powers above ``max_power`` (first three links
+    named, with the count)."""
+    bad = np.flatnonzero((network.b > 0) & (network.power > max_power))
+    if not bad.size:
+        return []
+    named = ", ".join(f"{network.link_label(int(a))} power {network.power[a]:g}" for a in bad[:3])
+    more = f" and {bad.size - 3} more" if bad.size > 3 else ""
+    return [f"unusual BPR power above {max_power:g} on {named}{more}: the cost is nearly a wall at capacity; "
+            "check the link data"]
 
 
 @dataclass(frozen=True)

@@ -127,8 +127,10 @@ class FlowLoss:
         self.warm_gaps = tuple(warm_gaps)
         self.cache: dict[int, Any] = {}
         self.epoch: Callable[[], int] = lambda: 0  # set to the trainer's epoch counter
+        self.step_start = time.process_time()  # CPU clock at the start of the current step
 
     def __call__(self, model: TrafficNFPN, batch) -> torch.Tensor:
+        self.step_start = time.process_time()
         keys, contexts, flows = batch
         base = model.config.warm_gap
         model.config.warm_gap = self.warm_gaps[min(self.epoch(), len(self.warm_gaps) - 1)]
@@ -140,23 +142,35 @@ class FlowLoss:
 
 
 class _EpochStats:
-    """Trainer hook: per-epoch ``train_rel_err = sqrt(train_loss)`` and process CPU seconds ``cpu_s``."""
+    """Trainer hook: per epoch ``train_rel_err = sqrt(train_loss)`` and ``cpu_s``, the process CPU seconds of
+    its optimizer steps (forward with warm start, backward, update; from the loss call to the step's end)."""
 
-    def __init__(self) -> None:
-        self._cpu = time.process_time()
+    def __init__(self, loss: FlowLoss) -> None:
+        self.loss = loss
+        self.cpu = 0.0
+
+    def on_step(self, trainer, metrics: dict) -> None:
+        self.cpu += time.process_time() - self.loss.step_start
 
     def on_epoch_end(self, trainer, record: dict) -> None:
-        now = time.process_time()
         record["train_rel_err"] = math.sqrt(max(float(record.get("train_loss", float("nan"))), 0.0))
-        record["cpu_s"] = now - self._cpu
-        self._cpu = now
+        record["cpu_s"] = self.cpu
+        self.cpu = 0.0
+
+    def state_dict(self) -> dict:
+        return {"cpu": self.cpu}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cpu = float(state["cpu"])
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, progress: bool = True,
-          max_steps: int | None = None, *, force: bool = False, device: str = "cpu") -> tuple[TrafficNFPN, dict]:
+          max_steps: int | None = None, *, force: bool = False, device: str = "cpu",
+          data: tuple[Network, np.ndarray, TrafficDataset, TrafficDataset] | None = None) -> tuple[TrafficNFPN, dict]:
     """Train an N-FPN with :class:`fpntools.training.Trainer` in the run folder ``out``; returns the model and a
     summary (history, test metrics, CPU seconds of training).  The model and its test metrics are written to
     ``out/model.*`` when the run completes (not when it stops at ``max_steps``: ``resume`` continues it).
+    ``data``: ``(network, base_demand, train, test)`` instead of :func:`load_data` (other networks, tests).
 
     Raises :class:`fpntools.errors.UserInputError` for an existing checkpoint without ``resume`` / ``force``, a
     resumed run with other settings, or a device that is not available."""
@@ -173,12 +187,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, progre
     if (out / CHECKPOINT_NAME).is_file() and not (resume or force):
         raise UserInputError(f"run folder {out} already holds a checkpoint; pass --resume to continue it or "
                              "--force to start over")
-    net, dem, tr, te = load_data(cfg, progress=progress)
+    net, dem, tr, te = data if data is not None else load_data(cfg, progress=progress)
     model = TrafficNFPN.build(net, dem, tr.flows, cfg.model)
     model.set_solve(cfg.solve())
     data = TensorDataset(torch.arange(len(tr)), torch.as_tensor(tr.contexts), torch.as_tensor(tr.flows))
     loss = FlowLoss(cfg.train_warm_gaps)
-    trainer = Trainer(model, loss, data, tcfg, hooks=[_EpochStats()], run_config=cfg.run_config(),
+    trainer = Trainer(model, loss, data, tcfg, hooks=[_EpochStats(loss)], run_config=cfg.run_config(),
                       log=print_to_stderr if progress else None)
     loss.epoch = lambda: trainer.epoch
     result = trainer.fit()
