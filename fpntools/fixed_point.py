@@ -73,7 +73,7 @@ def fixed_point(
         rel_residual=result.rel_residual,
         converged=result.converged,
         sample_status=result.sample_status,
-        status=Status(int(result.sample_status.max())),
+        status=Status(result.worst_status if result.worst_status >= 0 else int(result.sample_status.max())),
         nfe=result.nfe,
         solver=solver_obj.name,
         tol=tol,

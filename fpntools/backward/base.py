@@ -19,16 +19,31 @@ from fpntools.solvers.base import FlatMap
 __all__ = ["BackwardMode", "attach_surrogate"]
 
 
-def attach_surrogate(z_star: Tensor, surrogate: Tensor) -> Tensor:
-    """``z*`` in value, ``surrogate`` in gradient.
+class _Surrogate(torch.autograd.Function):
+    """``z*`` in value (a view of it, no copy), the gradient passed on unchanged to the surrogate ``y``; rows of
+    ``y`` that are not finite (a sample whose solve ended ``NONFINITE``) receive no gradient."""
 
-    Entries where the surrogate is not finite (a sample whose solve ended ``NONFINITE``) get no gradient
-    instead of turning the value into ``inf - inf = NaN``.
+    @staticmethod
+    def forward(ctx, y: Tensor, z_star: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.finite = torch.isfinite(y.detach()).all(dim=1, keepdim=True)
+        return z_star.view_as(z_star)
+
+    @staticmethod
+    def backward(ctx, v: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        return v * ctx.finite, None
+
+
+def attach_surrogate(z_star: Tensor, surrogate: Tensor) -> Tensor:
+    """``z*`` in value, ``surrogate`` in gradient (the backward pass hands the incoming gradient of ``z*`` to
+    ``surrogate``'s graph unchanged).
+
+    The result is a view of ``z*`` made by a custom autograd function: no state-sized copy is made (the
+    former ``z* + (y - y.detach())`` allocated two), but it must not be modified in place (clone it first).
+    Rows where the surrogate is not finite (a sample whose solve ended ``NONFINITE``) get no gradient.
     """
-    delta = surrogate - surrogate.detach()
-    if not bool(torch.isfinite(surrogate).all()):
-        delta = torch.where(torch.isfinite(surrogate), delta, torch.zeros_like(delta))
-    return z_star.detach() + delta
+    if not surrogate.requires_grad:
+        return z_star
+    return _Surrogate.apply(surrogate, z_star.detach())
 
 
 class BackwardMode(ABC):

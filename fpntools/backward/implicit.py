@@ -10,7 +10,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor
 
-from fpntools.backward.base import BackwardMode, attach_surrogate
+from fpntools.backward.base import BackwardMode
 from fpntools.info import FixedPointInfo, FixedPointError, Status
 from fpntools.solvers import FixedPointSolver, make_solver
 from fpntools.solvers.base import FlatMap
@@ -19,8 +19,9 @@ __all__ = ["AdjointBackward", "Implicit"]
 
 
 class _AdjointGate(torch.autograd.Function):
-    """Identity in the forward pass; in the backward pass replaces the incoming gradient ``v`` of ``f(z*)`` by
-    the adjoint solution ``u = (I - J)^{-T} v``, which then flows on through ``f``'s own graph.
+    """``z*`` in value (a view, no copy); in the backward pass the incoming gradient ``v`` of ``z*`` is replaced
+    by the adjoint solution ``u = (I - J)^{-T} v``, which flows on as the gradient of ``f(z*)`` through ``f``'s
+    own graph (rows of ``f(z*)`` that are not finite get none).
 
     The adjoint closure (holding ``f(z*)`` and ``z*``) lives on this node's context: downstream of ``f(z*)``,
     so it is freed with the caller's graph (a tensor hook on ``f(z*)`` that captures ``f(z*)`` would form a
@@ -29,13 +30,14 @@ class _AdjointGate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, fz: Tensor, adjoint: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: ANN001
+    def forward(ctx, fz: Tensor, z_star: Tensor, adjoint: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: ANN001
         ctx.adjoint = adjoint
-        return fz.view_as(fz)
+        ctx.finite = torch.isfinite(fz.detach()).all(dim=1, keepdim=True)
+        return z_star.view_as(z_star)
 
     @staticmethod
-    def backward(ctx, v: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
-        return ctx.adjoint(v), None
+    def backward(ctx, v: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
+        return ctx.adjoint(v) * ctx.finite, None, None
 
 
 class AdjointBackward(BackwardMode):
@@ -50,7 +52,7 @@ class AdjointBackward(BackwardMode):
             fz = g(z_in)
         if not fz.requires_grad:  # f depends on nothing that requires grad: no graph to attach
             return z_star
-        return attach_surrogate(z_star, _AdjointGate.apply(fz, partial(self._adjoint, fz, z_in, info=info)))
+        return _AdjointGate.apply(fz, z_star.detach(), partial(self._adjoint, fz, z_in, info=info))
 
     @abstractmethod
     def _adjoint(self, fz: Tensor, z_in: Tensor, v: Tensor, *, info: FixedPointInfo) -> Tensor:
@@ -116,6 +118,8 @@ class Implicit(AdjointBackward):
 
         def adjoint_map(u: Tensor) -> Tensor:
             (jtu,) = torch.autograd.grad(fz, z_in, u, retain_graph=True)
+            if _fresh(jtu, u, v):  # autograd's own new buffer: add in place, no second state-sized one
+                return jtu.add_(v)
             return jtu + v
 
         u0 = self._last if (self.warm_start and self._last is not None and self._last.shape == v.shape) else v
@@ -128,3 +132,13 @@ class Implicit(AdjointBackward):
             sample_status=res.sample_status, nfe=res.nfe, solver=self._solver.name,
         )
         return res.z
+
+
+def _fresh(t: Tensor, *others: Tensor) -> bool:
+    """``t`` is a plain contiguous tensor sharing memory with none of ``others`` (so it may be written in place;
+    autograd hands a gradient through unchanged, e.g. for ``f(z) = z + c``, and then returns the very tensor
+    it was given)."""
+    if not t.is_contiguous():  # (a contiguous tensor has no overlapping entries)
+        return False
+    ptr = t.untyped_storage().data_ptr()
+    return all(o.untyped_storage().data_ptr() != ptr for o in others)

@@ -5,6 +5,7 @@ See :mod:`fpntools.kernels.anderson` for the dispatch rules (``backend="auto" | 
 
 from fpntools.kernels.anderson import (
     Backend,
+    anderson_combine,
     anderson_gram,
     anderson_mix,
     residual_norms,
@@ -14,6 +15,7 @@ from fpntools.kernels.anderson import (
 
 __all__ = [
     "Backend",
+    "anderson_combine",
     "anderson_gram",
     "anderson_mix",
     "residual_norms",

@@ -8,6 +8,8 @@ Functions
   .. math::  z_{k+1} = \\beta \\sum_{i<m} \\alpha_i F_i + (1 - \\beta) \\sum_{i<m} \\alpha_i X_i ,
 
   one fused pass over ``X`` and ``F`` (the ``X`` pass is skipped entirely when ``beta == 1``).
+* :func:`anderson_combine` -- the same kernel as two weighted sums ``sum_i c_i F_i + sum_i d_i G_i``; the
+  solver stores residuals ``G`` instead of iterates and mixes with ``c = alpha``, ``d = -(1 - beta) alpha``.
 * :func:`residual_norms` -- ``(||f(z) - z||_2, ||f(z)||_2)`` per sample in one pass over ``fz`` and ``z``.
 
 Dispatch
@@ -35,6 +37,7 @@ from torch import Tensor
 
 __all__ = [
     "Backend",
+    "anderson_combine",
     "anderson_gram",
     "anderson_mix",
     "residual_norms",
@@ -241,28 +244,30 @@ def _check_mix(X: Tensor, F: Tensor, alpha: Tensor, beta: float) -> None:
         raise TypeError(f"beta must be a Python float, got {type(beta).__name__}")
 
 
-def _coefficients(alpha: Tensor, beta: float, acc: torch.dtype) -> tuple[Tensor, Tensor]:
-    a = alpha.to(acc)
-    return beta * a, (1.0 - beta) * a
-
-
-def _mix_torch(X: Tensor, F: Tensor, alpha: Tensor, beta: float) -> Tensor:
-    acc = _acc_dtype(X.dtype)
-    cf, cx = _coefficients(alpha, beta, acc)
-    out = torch.bmm(cf.unsqueeze(1), F.to(acc)).squeeze(1)
-    if beta != 1.0:
-        out = out + torch.bmm(cx.unsqueeze(1), X.to(acc)).squeeze(1)
-    return out.to(X.dtype)
+def _combine_torch(F: Tensor, cf: Tensor, G: Tensor | None, cg: Tensor | None) -> Tensor:
+    acc = _acc_dtype(F.dtype)
+    out = torch.bmm(cf.to(acc).unsqueeze(1), F if F.dtype == acc else F.to(acc))
+    if G is not None:
+        cga, Ga = cg.to(acc).unsqueeze(1), (G if G.dtype == acc else G.to(acc))
+        out = torch.baddbmm(out, cga, Ga) if torch.is_grad_enabled() else out.baddbmm_(cga, Ga)
+    out = out.squeeze(1)
+    return out if out.dtype == F.dtype else out.to(F.dtype)
 
 
 def _block_for(n: int) -> int:
     return int(min(1024, max(16, 1 << max(0, (n - 1).bit_length()))))
 
 
-def _mix_triton_raw(X: Tensor, F: Tensor, cf: Tensor, cx: Tensor, mix_x: bool) -> Tensor:
+def _mix_triton_raw(X: Tensor, F: Tensor, cf: Tensor, cx: Tensor, mix_x: bool, out: Tensor | None = None) -> Tensor:
+    """``sum_i cf_i F_i (+ cx_i X_i when mix_x)`` by the kernel; ``cf`` and ``cx`` contiguous ``(B, m)``.
+
+    ``out`` (B, N) may be one of the rows ``X[:, i]`` or ``F[:, i]`` being mixed: each program reads all ``m``
+    entries of its block before it writes the block.
+    """
     k = _kernels(_interpret_mode())
-    b, m, n = X.shape
-    out = torch.empty(b, n, dtype=X.dtype, device=X.device)
+    b, m, n = F.shape
+    if out is None:
+        out = torch.empty(b, n, dtype=F.dtype, device=F.device)
     if n == 0 or b == 0:
         return out
     block = _block_for(n)
@@ -279,40 +284,75 @@ def _mix_triton_raw(X: Tensor, F: Tensor, cf: Tensor, cx: Tensor, mix_x: bool) -
     return out
 
 
-class _MixTriton(torch.autograd.Function):
-    """``out = sum_i cf_i F_i + cx_i X_i`` by the Triton kernel; backward in torch ops (double-differentiable).
+class _CombineTriton(torch.autograd.Function):
+    """``out = sum_i cf_i F_i + cg_i G_i`` by the Triton kernel; backward in torch ops (double-differentiable).
 
-    With upstream gradient ``g``: ``dF_i = cf_i g``, ``dX_i = cx_i g``, ``dalpha_i = beta <g, F_i> +
-    (1 - beta) <g, X_i>``.
+    With upstream gradient ``g``: ``dF_i = cf_i g``, ``dG_i = cg_i g``, ``dcf_i = <g, F_i>``,
+    ``dcg_i = <g, G_i>``. ``G = None`` drops the second sum (the kernel then never reads it).
     """
 
     @staticmethod
-    def forward(ctx: Any, X: Tensor, F: Tensor, alpha: Tensor, beta: float) -> Tensor:  # type: ignore[override]
-        acc = _acc_dtype(X.dtype)
-        cf, cx = _coefficients(alpha.detach(), beta, acc)
-        ctx.save_for_backward(X, F, alpha)
-        ctx.beta = beta
-        return _mix_triton_raw(X.detach(), F.detach(), cf, cx, beta != 1.0)
+    def forward(ctx: Any, F: Tensor, cf: Tensor, G: Tensor | None, cg: Tensor | None) -> Tensor:  # type: ignore[override]
+        acc = _acc_dtype(F.dtype)
+        cfa = cf.detach().to(acc).contiguous()
+        mix_g = G is not None
+        cga = cg.detach().to(acc).contiguous() if mix_g else cfa
+        ctx.save_for_backward(F, cf, G, cg)
+        return _mix_triton_raw(G.detach() if mix_g else F.detach(), F.detach(), cfa, cga, mix_g)
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: Any, g: Tensor
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        X, F, alpha = ctx.saved_tensors
-        beta = ctx.beta
-        acc = _acc_dtype(X.dtype)
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+        F, cf, G, cg = ctx.saved_tensors
+        acc = _acc_dtype(F.dtype)
         ga = g.to(acc)
-        dX = dF = dalpha = None
-        if ctx.needs_input_grad[1]:
-            dF = (beta * alpha.to(acc)[:, :, None] * ga[:, None, :]).to(F.dtype)
+        dF = dcf = dG = dcg = None
         if ctx.needs_input_grad[0]:
-            dX = ((1.0 - beta) * alpha.to(acc)[:, :, None] * ga[:, None, :]).to(X.dtype)
-        if ctx.needs_input_grad[2]:
-            dalpha = beta * torch.bmm(F.to(acc), ga.unsqueeze(-1)).squeeze(-1)
-            if beta != 1.0:
-                dalpha = dalpha + (1.0 - beta) * torch.bmm(X.to(acc), ga.unsqueeze(-1)).squeeze(-1)
-            dalpha = dalpha.to(alpha.dtype)
-        return dX, dF, dalpha, None
+            dF = (cf.to(acc)[:, :, None] * ga[:, None, :]).to(F.dtype)
+        if ctx.needs_input_grad[1]:
+            dcf = torch.bmm(F.to(acc), ga.unsqueeze(-1)).squeeze(-1).to(cf.dtype)
+        if G is not None and ctx.needs_input_grad[2]:
+            dG = (cg.to(acc)[:, :, None] * ga[:, None, :]).to(G.dtype)
+        if G is not None and ctx.needs_input_grad[3]:
+            dcg = torch.bmm(G.to(acc), ga.unsqueeze(-1)).squeeze(-1).to(cg.dtype)
+        return dF, dcf, dG, dcg
+
+
+def _combine(
+    F: Tensor, cf: Tensor, G: Tensor | None, cg: Tensor | None, backend: Backend, out: Tensor | None = None
+) -> Tensor:
+    """Dispatch without input validation (the engine's hot loop; public callers go through the checks).
+
+    ``out`` (no autograd): write the result there; it may be one of the rows being combined.
+    """
+    triton = _use_triton(backend, F, cf)
+    if out is None:
+        return _CombineTriton.apply(F, cf, G, cg) if triton else _combine_torch(F, cf, G, cg)
+    if triton:
+        acc = _acc_dtype(F.dtype)
+        cfa = cf.to(acc).contiguous()
+        cga = cg.to(acc).contiguous() if G is not None else cfa
+        return _mix_triton_raw(F if G is None else G, F, cfa, cga, G is not None, out=out)
+    return out.copy_(_combine_torch(F, cf, G, cg))
+
+
+def anderson_combine(
+    F: Tensor, cf: Tensor, G: Tensor | None = None, cg: Tensor | None = None, backend: Backend = "auto"
+) -> Tensor:
+    """Two weighted sums over a history: ``out[b] = sum_i cf[b,i] F[b,i] + sum_i cg[b,i] G[b,i]``.
+
+    The Anderson solver keeps ``f(z_i)`` in ``F`` and the residuals ``g_i = f(z_i) - z_i`` in ``G``, so its
+    step ``beta sum a_i f_i + (1 - beta) sum a_i z_i`` is ``cf = a``, ``cg = -(1 - beta) a`` (and ``G`` is not
+    read at all when ``beta = 1``). ``F, G``: (B, m, N), any strides; ``cf, cg``: (B, m). Returns (B, N) in
+    ``F``'s dtype, accumulated in float32 (float64 for float64 input); differentiable in every argument.
+    """
+    _check_mix(F if G is None else G, F, cf, 1.0)
+    if (G is None) != (cg is None):
+        raise ValueError("G and cg go together: pass both or neither")
+    if cg is not None and cg.shape != cf.shape:
+        raise ValueError(f"cg has shape {tuple(cg.shape)} but cf has shape {tuple(cf.shape)}; they must match")
+    return _combine(F, cf, G, cg, backend)
 
 
 def anderson_mix(X: Tensor, F: Tensor, alpha: Tensor, beta: float, backend: Backend = "auto") -> Tensor:
@@ -330,9 +370,10 @@ def anderson_mix(X: Tensor, F: Tensor, alpha: Tensor, beta: float, backend: Back
     """
     _check_mix(X, F, alpha, beta)
     beta = float(beta)
-    if _use_triton(backend, X, F, alpha):
-        return _MixTriton.apply(X, F, alpha, beta)
-    return _mix_torch(X, F, alpha, beta)
+    cf = alpha if beta == 1.0 else beta * alpha
+    if beta == 1.0:
+        return _combine(F, cf, None, None, backend)
+    return _combine(F, cf, X, (1.0 - beta) * alpha, backend)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -409,6 +450,11 @@ def residual_norms(fz: Tensor, z: Tensor, backend: Backend = "auto") -> tuple[Te
         raise TypeError(f"z has dtype {z.dtype} but fz has dtype {fz.dtype}; they must match")
     if z.device != fz.device:
         raise ValueError(f"z is on {z.device} but fz is on {fz.device}")
+    return _residual_norms(fz, z, backend)
+
+
+def _residual_norms(fz: Tensor, z: Tensor, backend: Backend = "auto") -> tuple[Tensor, Tensor]:
+    """Dispatch without input validation (the engine's hot loop)."""
     if _use_triton(backend, fz, z):
         return _ResidTriton.apply(fz, z)
     return _resid_torch(fz, z)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from fpntools.kernels.anderson import anderson_mix
+from fpntools.kernels.anderson import _combine
 from fpntools.solvers.base import FixedPointSolver
 
-__all__ = ["Anderson", "anderson_weights"]
+__all__ = ["Anderson", "anderson_weights", "anderson_weights_host"]
 
 
 def anderson_weights(gram: Tensor, lam: float, newest: int = -1) -> Tensor:
@@ -21,38 +22,83 @@ def anderson_weights(gram: Tensor, lam: float, newest: int = -1) -> Tensor:
     ``lam' = lam * (tr H / n) + tiny`` scales the Tikhonov term with the residual size. ``H + lam' I`` is
     symmetric positive definite, so the Cholesky solve exists; samples where it still fails (NaN input,
     underflow) fall back to ``alpha = e_newest``, a plain Picard step. Never returns NaN for finite input.
+    Differentiable (the unrolled backward goes through it); :func:`anderson_weights_host` is the same map on
+    host arrays, used by the solver when no gradient is needed.
     """
     b, n, _ = gram.shape
-    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
     scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(torch.finfo(gram.dtype).tiny)
-    reg = gram + (lam * scale + torch.finfo(gram.dtype).eps * scale)[:, None, None] * eye
+    reg = gram.clone()
+    reg.diagonal(dim1=1, dim2=2).add_(((lam + torch.finfo(gram.dtype).eps) * scale)[:, None])
     chol, bad = torch.linalg.cholesky_ex(reg)
-    ones = torch.ones(b, n, 1, dtype=gram.dtype, device=gram.device)
-    sol = torch.cholesky_solve(ones, chol).squeeze(-1)
+    sol = torch.cholesky_solve(gram.new_ones(b, n, 1), chol).squeeze(-1)
     alpha = sol / sol.sum(dim=1, keepdim=True)
     ok = (bad == 0) & torch.isfinite(alpha).all(dim=1)
-    fallback = torch.zeros_like(alpha)
-    fallback[:, newest] = 1.0
+    fallback = torch.zeros(n, dtype=gram.dtype, device=gram.device)
+    fallback[newest] = 1.0
     return torch.where(ok[:, None], alpha, fallback)
+
+
+def anderson_weights_host(gram: np.ndarray, lam: float, newest: int = -1) -> np.ndarray:
+    """:func:`anderson_weights` on a float64 host array ``(B, n, n)`` (no autograd): the forward solver's path.
+
+    The ``(B, n)`` problem is tiny; solving it on the host in float64 replaces about fifteen kernel launches
+    per step by a few numpy operations and one batched Cholesky (torch's LAPACK on CPU), and it is the more
+    accurate of the two. Same regularisation and fallback as the torch version.
+    """
+    b, n, _ = gram.shape
+    eps, tiny = np.finfo(np.float64).eps, np.finfo(np.float64).tiny
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        scale = np.maximum(np.trace(gram, axis1=1, axis2=2) / n, tiny)
+        reg = gram.copy()
+        idx = np.arange(n)
+        reg[:, idx, idx] += ((lam + eps) * scale)[:, None]
+        reg_t = torch.from_numpy(reg)
+        chol, bad = torch.linalg.cholesky_ex(reg_t)
+        sol = torch.cholesky_solve(torch.ones(b, n, 1, dtype=torch.float64), chol).squeeze(-1).numpy()
+        alpha = sol / sol.sum(axis=1, keepdims=True)
+        ok = (bad.numpy() == 0) & np.isfinite(alpha).all(axis=1)
+    if not ok.all():
+        alpha[~ok] = 0.0
+        alpha[~ok, newest] = 1.0
+    return alpha
 
 
 @dataclass
 class _History:
-    x: Tensor  # (B, m, N) iterates, slots 0..n-1 filled
-    f: Tensor  # (B, m, N) f(iterates)
-    gram: Tensor  # (B, m, m) inner products of the residuals g_i = f_i - x_i
-    count: int = 0
+    """Ring buffers of the last ``m`` iterates ``z_i`` and residuals ``g_i = f(z_i) - z_i``, written in place.
+
+    Storing ``g_i`` gives the Gram row ``<g_new, g_j>`` in one product (no cancellation between ``<g, f_j>``
+    and ``<g, z_j>``); ``f(z_i) = z_i + g_i``. The step writes ``z_{k+1}`` straight into its ring slot, so the
+    loop's iterate (and, while the residual decreases, its best iterate) is a view of the ring, not a buffer
+    of its own. The Gram matrix lives on the host in float64 (``gram_host``); under autograd it is a tensor
+    (``gram``) so that the weights are differentiated too.
+    """
+
+    x: Tensor  # (B, m, N)
+    g: Tensor  # (B, m, N)
+    gram_host: np.ndarray  # (B, m, m) inner products <g_i, g_j>, float64
+    gram: Tensor | None = None  # (B, m, m), only under autograd
+    count: int = 0  # pairs stored so far (the current one goes to slot count % m)
+    observed: bool = False  # slot count % m holds the current pair (observe ran, step not yet)
+    g_new: Tensor | None = None  # the current residual
+    row: Tensor | None = None  # its Gram row <g_new, g_j>, j < min(count + 1, m), on the device
+    row_host: np.ndarray | None = None  # the same on the host, once the loop has copied it
 
 
 @dataclass
 class Anderson(FixedPointSolver):
     """Anderson acceleration with memory ``m``, mixing ``beta`` and Tikhonov regularisation ``lam``.
 
-    Keeps the last ``m`` pairs ``(z_i, f(z_i))`` in a ring buffer (memory ``O(m N)`` per sample), updates the
-    Gram matrix of residuals ``g_i = f(z_i) - z_i`` by one row per step (``O(m N)`` work), solves for the
-    weights with :func:`anderson_weights` and mixes
-    ``z_{k+1} = beta * sum_i alpha_i f(z_i) + (1 - beta) * sum_i alpha_i z_i``
-    (fused in a Triton kernel on CUDA, see :mod:`fpntools.kernels.anderson`).
+    Keeps the last ``m`` iterates ``z_i`` and residuals ``g_i = f(z_i) - z_i`` in preallocated ring buffers
+    written in place (``2 m N`` numbers per sample; the next iterate is written into its ring slot, so the
+    solve holds ``2m`` state-sized buffers besides ``f(z)`` and what ``f`` allocates), updates the Gram matrix
+    of the residuals by one row per step (``O(m N)`` work, its ``B m`` numbers copied to the host with the
+    loop's residual norms), solves for the weights on the host with :func:`anderson_weights_host` and mixes
+    ``z_{k+1} = beta * sum_i alpha_i f(z_i) + (1 - beta) * sum_i alpha_i z_i
+    = sum_i alpha_i z_i + beta * sum_i alpha_i g_i``
+    (one fused pass in a Triton kernel on CUDA, see :mod:`fpntools.kernels.anderson`). Under autograd
+    (unrolled differentiation) the buffers are copied instead of written in place and the weights come from
+    the differentiable :func:`anderson_weights`.
     """
 
     m: int = 5
@@ -70,20 +116,65 @@ class Anderson(FixedPointSolver):
 
     def init(self, z0: Tensor) -> _History:
         b, n = z0.shape
-        return _History(x=z0.new_zeros(b, self.m, n), f=z0.new_zeros(b, self.m, n), gram=z0.new_zeros(b, self.m, self.m))
+        return _History(x=z0.new_empty(b, self.m, n), g=z0.new_empty(b, self.m, n),
+                        gram_host=np.zeros((b, self.m, self.m)))
+
+    def observe(self, z: Tensor, fz: Tensor, memory: _History) -> Tensor:
+        h = memory
+        slot = h.count % self.m
+        n = min(h.count + 1, self.m)
+        if torch.is_grad_enabled():  # unrolled differentiation: no in-place writes into saved tensors
+            g_new = fz - z
+            h.x, h.g = h.x.clone(), h.g.clone()
+            h.x[:, slot] = z
+            h.g[:, slot] = g_new
+        else:
+            xs = h.x[:, slot]
+            if not _same_view(z, xs):  # z0, or an iterate with frozen samples put back
+                xs.copy_(z)
+            g_new = torch.sub(fz, xs, out=h.g[:, slot])
+        # <g_new, g_j> as a (1 x N) (N x n) product per sample (a matrix-vector bmm is several times slower)
+        h.row = torch.bmm(g_new.unsqueeze(1), h.g[:, :n].transpose(1, 2)).squeeze(1)
+        h.g_new, h.row_host, h.observed = g_new, None, True
+        return g_new
+
+    def host_request(self, memory: _History) -> Tensor | None:
+        return None if torch.is_grad_enabled() else memory.row
+
+    def host_reply(self, memory: _History, values: np.ndarray) -> None:
+        memory.row_host = values
+
+    def overwrites(self, memory: _History) -> Tensor | None:
+        return None if torch.is_grad_enabled() else memory.x[:, (memory.count + 1) % self.m]
+
+    def owns(self, memory: _History, t: Tensor) -> bool:
+        return t.untyped_storage().data_ptr() == memory.x.untyped_storage().data_ptr()
 
     def step(self, z: Tensor, fz: Tensor, memory: _History, k: int) -> tuple[Tensor, _History]:
         h = memory
+        if not h.observed:  # called on its own (outside the loop)
+            self.observe(z, fz, h)
         slot = h.count % self.m
-        if torch.is_grad_enabled():  # unrolled differentiation: no in-place writes into saved tensors
-            h.x, h.f, h.gram = h.x.clone(), h.f.clone(), h.gram.clone()
-        h.x[:, slot] = z
-        h.f[:, slot] = fz
+        n = min(h.count + 1, self.m)
         h.count += 1
-        n = min(h.count, self.m)
-        g_new = fz - z  # <g_new, g_j> = <g_new, f_j> - <g_new, x_j>, without a (B, n, N) temporary
-        row = torch.bmm(h.f[:, :n], g_new[:, :, None]).squeeze(-1) - torch.bmm(h.x[:, :n], g_new[:, :, None]).squeeze(-1)
-        h.gram[:, slot, :n] = row
-        h.gram[:, :n, slot] = row
-        alpha = anderson_weights(h.gram[:, :n, :n], self.lam, newest=slot)
-        return anderson_mix(h.x[:, :n], h.f[:, :n], alpha, self.beta), h
+        h.observed = False
+        if torch.is_grad_enabled():
+            gram = h.gram if h.gram is not None else torch.from_numpy(h.gram_host).to(h.x)
+            h.gram = gram = gram.clone()
+            gram[:, slot, :n] = h.row
+            gram[:, :n, slot] = h.row
+            alpha = anderson_weights(gram[:, :n, :n], self.lam, newest=slot)
+            out = None
+        else:
+            row = h.row_host if h.row_host is not None else h.row.double().cpu().numpy()
+            h.gram_host[:, slot, :n] = row
+            h.gram_host[:, :n, slot] = row
+            alpha_host = anderson_weights_host(h.gram_host[:, :n, :n], self.lam, newest=slot)
+            alpha = torch.from_numpy(alpha_host).to(device=h.x.device, dtype=h.x.dtype, non_blocking=True)
+            out = h.x[:, h.count % self.m]  # may be the oldest pair, still being mixed
+        h.g_new = h.row = h.row_host = None
+        return _combine(h.x[:, :n], alpha, h.g[:, :n], self.beta * alpha, "auto", out=out), h
+
+
+def _same_view(a: Tensor, b: Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()

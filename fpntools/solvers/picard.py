@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from fpntools.solvers.base import FixedPointSolver
@@ -30,7 +31,7 @@ class KM(FixedPointSolver):
     def step(self, z: Tensor, fz: Tensor, memory: Any, k: int) -> tuple[Tensor, Any]:
         if self.alpha == 1.0:
             return fz, memory
-        return z + self.alpha * (fz - z), memory
+        return torch.lerp(z, fz, self.alpha), memory  # (1 - alpha) z + alpha f(z), one new buffer
 
 
 @dataclass
