@@ -108,8 +108,8 @@ def trained_run(tmp_path_factory):
 def test_train_writes_run_folder(trained_run):
     config = json.loads((trained_run / "config.json").read_text())
     assert config["trainer"]["schedule"] == "cosine" and config["trainer"]["lr_min_ratio"] == 0.05
-    assert config["games"]["model"]["name"] == "nfpn" and config["games"]["data"]["family"] == "general"
-    assert config["games"]["model"]["nfpn"]["solve"]["backward"] == "jfb"
+    assert config["games.model.name"] == "nfpn" and config["games.data.family"] == "general"
+    assert config["games.model.nfpn.solve.backward"] == "jfb" and config["games.model.nfpn.hidden"] == 8
     history = json.loads((trained_run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert {"train_loss", "train_fp_iters", "val_err", "val_gap", "val_fp_converged", "lr"} <= set(history[-1])
@@ -132,7 +132,8 @@ def test_train_refuses_existing_checkpoint_and_resumes_exactly(monkeypatch, caps
     _one_line_error(code, err, "cannot resume: the checkpoint was written with lr=0.01")
     code, _, err = _run(monkeypatch, capsys, "train", *TINY, "--epochs", "2", "--hidden", "16", "--out",
                         str(trained_run), "--resume")
-    _one_line_error(code, err, "cannot resume: the checkpoint was written with games=")
+    _one_line_error(code, err, "the checkpoint was written with games.model.nfpn.hidden=8 but this run has "
+                               "games.model.nfpn.hidden=16")
     assert (trained_run / "checkpoint.pt").read_bytes() == before
     # a run stopped after 3 steps and resumed through the CLI ends with the weights of the uninterrupted run
     from problems.games.bench import data_config

@@ -255,7 +255,8 @@ def train_run(
     if log is not None:
         log(f"building {data_config.n_train} + {data_config.n_test} certified {data_config.family} games ...")
     train, test = make_dataset(data_config)
-    run_config = {"games": {"data": asdict(data_config), "model": spec.to_dict()}}
+    description = {"data": asdict(data_config), "model": spec.to_dict()}
+    run_config = _dotted(description, "games")  # flat keys: a resume mismatch names the exact field
     result = train_model(model, train, config, val=test if len(test) else None, run_config=run_config, log=log)
     metrics = evaluate(model, test) if len(test) else {}
     weights = None
@@ -266,12 +267,37 @@ def train_run(
             {
                 "format": _WEIGHTS_FORMAT,
                 "state_dict": model.state_dict(),
-                **run_config["games"],
+                **description,
                 "test_metrics": metrics,
                 "epochs_done": len(result.history),
             },
         )
     return RunOutcome(model, result, metrics, weights)
+
+
+def _dotted(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1}`` (the run configuration the trainer stores and compares)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_dotted(v, f"{prefix}.{k}"))
+        else:
+            out[f"{prefix}.{k}"] = v
+    return out
+
+
+def _undotted(flat: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    """Inverse of :func:`_dotted` for the keys under ``prefix`` (``None`` when there are none)."""
+    out: dict[str, Any] = {}
+    for key, v in flat.items():
+        parts = key.split(".")
+        if parts[0] != prefix or len(parts) < 2:
+            continue
+        node = out
+        for part in parts[1:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = v
+    return out or None
 
 
 def _games_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -289,7 +315,7 @@ def _games_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if state.get("format") == _WEIGHTS_FORMAT:  # weights.pt: {format, state_dict, data, model, ...}
         desc, weights = state, state.get("state_dict")
     else:  # a trainer checkpoint: the description is its run configuration
-        desc, weights = (state.get("run_config") or {}).get("games"), state.get("model")
+        desc, weights = _undotted(state.get("run_config") or {}, "games"), state.get("model")
     if not isinstance(desc, dict) or "data" not in desc or "model" not in desc or not isinstance(weights, dict):
         raise UserInputError(f"{path} is not a games weights file or run checkpoint (no games model description)")
     return desc, weights
