@@ -291,7 +291,8 @@ def test_resume_with_weights_of_another_model_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_run_resumes_exactly(tmp_path):
+def test_cuda_run_resumes_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # conftest's CPU interpreter mode cannot run kernels on CUDA tensors
     data = NoisySource(_data())
     ev = dataset_evaluator(_data(12, 1), "classification", batch_size=5)
     ref_model, ref = _fit(tmp_path / "ref", data, evaluate=ev, device="cuda")
