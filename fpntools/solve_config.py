@@ -59,7 +59,8 @@ class SolveConfig:
     in at most ``backward_max_iter`` iterations), ``"implicit_cg"`` (the same gradient, adjoint solved by
     conjugate gradient on the normal equations with the same tolerance and budget), ``"jfb"``
     (Jacobian-free backpropagation), ``"phantom"`` or ``"unroll"``. ``eval_tol`` / ``eval_max_iter`` apply in
-    eval mode. ``jacobian`` configures the optional Jacobian penalty.
+    eval mode. ``stop_mode`` is the residual the tolerance applies to (``"rel"``: ``||f(z)-z|| / ||f(z)||``,
+    ``"abs"``: ``||f(z)-z||``). ``jacobian`` configures the optional Jacobian penalty.
     """
 
     solver: str = "anderson"
@@ -71,6 +72,7 @@ class SolveConfig:
     eval_tol: float | None = None
     eval_max_iter: int | None = None
     anderson_m: int = 5
+    stop_mode: str = "rel"
     jacobian: JacobianRegConfig = field(default_factory=JacobianRegConfig)
 
     def __post_init__(self) -> None:
@@ -80,6 +82,8 @@ class SolveConfig:
             raise UserInputError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.backward not in BACKWARDS:
             raise UserInputError(f"backward must be one of {', '.join(BACKWARDS)}, got {self.backward!r}")
+        if self.stop_mode not in ("rel", "abs"):
+            raise UserInputError(f"stop_mode must be 'rel' or 'abs', got {self.stop_mode!r}")
         for name in ("max_iter", "backward_max_iter", "anderson_m"):
             if getattr(self, name) < 1:
                 raise UserInputError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -149,4 +153,5 @@ def make_fixed_point(layer: nn.Module, cfg: SolveConfig) -> FixedPoint:
         eval_tol=cfg.eval_tol,
         eval_max_iter=cfg.eval_max_iter,
         jacobian_penalty=_make_penalty(cfg.jacobian),
+        stop_mode=cfg.stop_mode,
     )
