@@ -7,18 +7,20 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+import fpntools
+from fpntools.metrics import psnr
+from fpntools.operators import tv_norm
 from problems.ct.baselines import (
     FBP_FILTERS,
     StackedTVOperator,
     TVConfig,
     fbp,
-    image_gradient,
-    image_gradient_adjoint,
     tune_tv_lambda,
+    tv_objective,
+    tv_pdhg,
     tv_reconstruct,
 )
 from problems.ct.geometry import CTGeometry
-from fpntools.metrics import psnr
 from problems.ct.phantoms import CTDataConfig, EllipseConfig, make_dataset, random_ellipses, shepp_logan, simulate
 from problems.ct.projector import ct_operator
 
@@ -86,15 +88,39 @@ def test_fbp_errors() -> None:
         fbp(torch.zeros(30, 183), CTGeometry.fan(), backend="cpu")
 
 
-def test_tv_gradient_matches_operator_and_adjoint(cache) -> None:
-    x = torch.randn(2, 7, 9, dtype=torch.float64)
-    g = torch.randn(2, 2, 7, 9, dtype=torch.float64)
-    lhs = (image_gradient(x) * g).sum()
-    rhs = (x * image_gradient_adjoint(g)).sum()
-    assert abs(float(lhs - rhs)) < 1e-12 * float(lhs.abs() + 1)
-    assert torch.all(image_gradient(x)[:, 0, -1] == 0) and torch.all(image_gradient(x)[:, 1, :, -1] == 0)
-    K = StackedTVOperator(ct_operator(SMALL, dtype=torch.float64, cache_dir=cache), mu=3.0)
+def test_stacked_tv_operator_is_an_adjoint_pair(cache) -> None:
+    """K = [A; mu D] with D from fpntools.operators: exact adjoint, and its norm bound ||K||^2 <= ||A||^2 + 8 mu^2."""
+    op = ct_operator(SMALL, dtype=torch.float64, cache_dir=cache)
+    K = StackedTVOperator(op, mu=3.0)
     assert K.adjointness_error() < 1e-12 and K.out_shape == (8 * 23 + 2 * 256,)
+    assert K.norm(n_iter=500) <= (op.norm(n_iter=500) ** 2 + 8 * 9.0) ** 0.5 * (1 + 1e-9)
+    x = torch.rand(2, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(tv_objective(x, op(x), op, 0.5), 0.5 * tv_norm(x))
+
+
+def test_tv_runs_through_the_engine_loop(cache) -> None:
+    """tv_reconstruct is fpntools.fixed_point on the PDHG map: per-image steps and status from the engine, the
+    stopping rule its relative residual; tol=0 runs exactly n_iter steps (the reference of the F-FPN)."""
+    op = ct_operator(MID, cache_dir=cache)
+    x = torch.from_numpy(random_ellipses(3, 32, seed=4))
+    y = simulate(x, MID, seed=3, operator=op)
+    res = tv_reconstruct(y, op, n_iter=400, tol=3e-4, return_result=True)
+    assert res.info.sample_status.tolist() == [0, 0, 0] and len(set(res.info.steps.tolist())) > 1  # per image
+    assert bool((res.info.rel_residual <= 3e-4).all())
+    T = tv_pdhg(y, op, TVConfig(), float(op.norm()))
+    with torch.no_grad():
+        z, info = fpntools.fixed_point(T, T.initial_state(torch.zeros(3, 32, 32)), "picard", backward="jfb",
+                                       tol=3e-4, max_iter=400, divergence_factor=None)
+    torch.testing.assert_close(res.x, z[0], rtol=0, atol=0)
+    fixed = tv_reconstruct(y, op, n_iter=7, tol=0.0, return_result=True)
+    assert fixed.info.steps.tolist() == [7, 7, 7] and fixed.iterations == 7
+    with torch.no_grad():  # the 7th iterate itself, not the best measured one
+        s = T.initial_state(torch.zeros(3, 32, 32))
+        for _ in range(7):
+            s = T(s)
+    torch.testing.assert_close(fixed.x, s[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="tol must be >= 0"):
+        TVConfig(tol=-1.0)
 
 
 def _cvxpy_tv(W: sp.csr_matrix, y: np.ndarray, lam: float, n: int) -> tuple[float, np.ndarray]:

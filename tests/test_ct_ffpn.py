@@ -1,4 +1,5 @@
-"""CT F-FPN: Lipschitz bounds, the relaxed data projection, fixed-point solve, gradients, training, weights."""
+"""CT F-FPN: Lipschitz bounds, the relaxed data projection, fixed-point solve, gradients, the unrolled network as
+the same model with a fixed-step solve, configuration and weights layout."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fpntools import SolveConfig
+from fpntools.operators import project_data_ball_relaxed
 from problems.ct.ffpn import (
     FFPN,
+    FFPN_SOLVE,
     CTFeasibilityOperator,
     FFPNConfig,
     LipschitzCNN,
-    UnrolledCT,
+    build_model,
     conv_operator_norm,
-    relaxed_data_projection,
+    default_solve,
 )
 from problems.ct.geometry import CTGeometry, ShapeError
 from problems.ct.phantoms import random_ellipses, simulate
@@ -65,14 +69,14 @@ def test_relaxed_data_projection(problem) -> None:
     eps = 0.015 * y.flatten(1).norm(dim=1) * 1.2  # the truth is feasible
     assert bool(((op(x) - y).flatten(1).norm(dim=1) <= eps).all())
     v = torch.rand_like(x)
-    p = relaxed_data_projection(v, y, op, eps)
+    p = project_data_ball_relaxed(v, op, y, eps)
     # quasi-nonexpansive w.r.t. feasible points, identity on the set
     assert bool(((p - x).flatten(1).norm(dim=1) < (v - x).flatten(1).norm(dim=1)).all())
-    torch.testing.assert_close(relaxed_data_projection(x, y, op, eps), x)
+    torch.testing.assert_close(project_data_ball_relaxed(x, op, y, eps), x)
     # repeated relaxed projections approach the data ball
     r0 = float((op(v) - y).norm())
     for _ in range(20):
-        v = relaxed_data_projection(v, y, op, eps)
+        v = project_data_ball_relaxed(v, op, y, eps)
     assert float((op(v) - y).norm()) < 0.2 * r0
 
 
@@ -83,20 +87,20 @@ def test_gradient_variant_is_a_contraction(problem) -> None:
     with torch.no_grad():
         ctx = T.context(y)
         u, v = torch.rand_like(x), torch.rand_like(x)
-        ratio = (T.T(u, ctx) - T.T(v, ctx)).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1)
+        ratio = (T(u, ctx) - T(v, ctx)).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1)
     assert float(ratio.max()) <= 0.9 + 1e-4
 
 
 @pytest.mark.parametrize("backward", ["jfb", "implicit"])
 def test_ffpn_fixed_point_and_gradients(problem, backward) -> None:
     op, x, y = problem
-    model = FFPN(op, FFPNConfig(channels=8, backward=backward, tol=1e-4, max_iter=60), G)
+    model = FFPN(op, FFPNConfig(channels=8), G, FFPN_SOLVE.with_(backward=backward, tol=1e-4, max_iter=60))
     u, info = model(y)
     assert u.shape == x.shape and float(u.detach().min()) >= 0 and float(u.detach().max()) <= 1
     assert info.status.name == "CONVERGED", info
     # u is a fixed point of T
     with torch.no_grad():
-        res = (model.T(u, y) - u).flatten(1).norm(dim=1) / u.flatten(1).norm(dim=1)
+        res = (model.T(u, model.T.context(y)) - u).flatten(1).norm(dim=1) / u.flatten(1).norm(dim=1)
     assert float(res.max()) < 1e-3
     loss = (u - x).pow(2).mean()
     loss.backward()
@@ -121,7 +125,7 @@ def test_fbp_conditioning_keeps_the_contraction(problem) -> None:
         ctx = T.context(y)
         assert ctx["cond"].shape == x.shape and T.phi.convs[0].weight.shape[1] == 2
         u, v = torch.rand_like(x), torch.rand_like(x)
-        ratio = (T.T(u, ctx) - T.T(v, ctx)).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1)
+        ratio = (T(u, ctx) - T(v, ctx)).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1)
     assert float(ratio.max()) <= 0.9 + 1e-4
     model = FFPN(op, FFPNConfig(channels=8, condition="fbp"), G)
     u, info = model(y)
@@ -143,15 +147,15 @@ def test_unet_prior_keeps_the_contraction_and_learns(problem) -> None:
         assert all(float(g.min()) >= 0 and float(g.max()) <= 1 for g in ctx["gates"])
         assert ctx["offset"].shape == x.shape
         u, v = torch.rand_like(x), torch.rand_like(x)
-        ratio = (T.T(u, ctx) - T.T(v, ctx)).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1)
+        ratio = (T(u, ctx) - T(v, ctx)).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1)
     assert float(ratio.max()) <= 0.9 + 1e-4
     model = FFPN(op, FFPNConfig(channels=8, prior="unet", prior_width=4, prior_levels=2), G)
     u, info = model(y)
     (u - x).pow(2).mean().backward()
-    grads = {n: p.grad for n, p in model.named_parameters() if n.startswith("T.prior.")}
+    grads = {n: p.grad for n, p in model.named_parameters() if n.startswith("fp.layer.prior.")}
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads.values())
     # at initialisation the offset makes the FBP a fixed point of K when Phi vanishes: gates and offset are live
-    assert float(grads["T.prior.head.weight"].abs().sum()) > 0
+    assert float(grads["fp.layer.prior.head.weight"].abs().sum()) > 0
 
 
 @pytest.mark.parametrize("reference", ["fbp", "tv"])
@@ -187,13 +191,47 @@ def test_prior_handles_sizes_not_divisible_by_two() -> None:
     assert offset.shape == (2, 27, 27) and [g.shape for g in gates] == [(2, 3, 27, 27)] * 2
 
 
-def test_unrolled_gradients(problem) -> None:
+def test_unrolled_is_the_same_model_with_k_picard_steps(problem) -> None:
+    """The unrolled network is FFPN with SolveConfig.unrolled(K): exactly T^K(u0), differentiated through all
+    K steps (gradients equal to those of the hand-written loop), in training and in eval."""
     op, x, y = problem
-    model = UnrolledCT(op, FFPNConfig(channels=8, unrolled_steps=3, init="zeros"), G)
+    torch.manual_seed(0)
+    model = build_model("unrolled", op, FFPNConfig(channels=8, prior_width=4, prior_levels=2, init="zeros",
+                                                  reference="fbp"), G, default_solve("unrolled", 3))
+    assert model.kind == "unrolled" and model.solve == SolveConfig.unrolled(3)
     u, info = model(y)
-    assert info is None and u.shape == x.shape
+    assert info.steps.tolist() == [3] * 4 and u.shape == x.shape
     (u - x).pow(2).mean().backward()
-    assert all(p.grad is not None for p in model.parameters())
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    model.zero_grad()
+    ctx = model.T.context(y)
+    v = model.T.initial_state(ctx)
+    for _ in range(3):  # the reference: a plain loop of T
+        v = model.T(v, ctx)
+    torch.testing.assert_close(u, v, rtol=0, atol=0)
+    (v - x).pow(2).mean().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-6, atol=1e-10)
+    with torch.no_grad():
+        ue, info_e = model.eval()(y)
+    torch.testing.assert_close(ue, u.detach(), rtol=0, atol=1e-6)  # grad-free kernels round differently
+    assert info_e.steps.tolist() == [3] * 4
+    with pytest.raises(ValueError, match="a ffpn model needs a ffpn solve"):
+        build_model("ffpn", op, FFPNConfig(channels=8), G, SolveConfig.unrolled(3))
+
+
+def test_legacy_state_dict_keys_load() -> None:
+    """Weights saved when the map was the attribute ``T`` (the shipped files) load into the FixedPoint layout."""
+    op = ct_operator(CTGeometry(image_size=16, n_angles=8, n_detectors=23))
+    a = FFPN(op, FFPNConfig(channels=4, prior_width=4, prior_levels=2))
+    b = FFPN(op, FFPNConfig(channels=4, prior_width=4, prior_levels=2))
+    legacy = {("T." + k[len("fp.layer."):] if k.startswith("fp.layer.") else k): v for k, v in a.state_dict().items()
+              if k != "fp.penalty_step"}
+    assert any(k.startswith("T.phi.") for k in legacy)
+    b.load_state_dict(legacy)
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0)
 
 
 def test_config_validation() -> None:
@@ -207,4 +245,10 @@ def test_config_validation() -> None:
         FFPNConfig(activation="maxmin", channels=5)
     with pytest.raises(ValueError, match="prior"):
         FFPNConfig(prior="transformer")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="channels must lie in"):
+        FFPNConfig(channels=10**9)  # a weights file asking for this is refused before allocating
     assert FFPNConfig.from_dict(FFPNConfig(channels=4).to_dict()).channels == 4
+    with pytest.raises(ValueError, match="unknown F-FPN configuration keys: solver"):
+        FFPNConfig.from_dict({"solver": "anderson"})
+    assert not {"solver", "backward", "tol", "max_iter", "anderson_m", "eval_tol", "eval_max_iter",
+                "unrolled_steps"} & set(FFPNConfig().to_dict())

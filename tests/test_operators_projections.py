@@ -25,6 +25,7 @@ from fpntools.operators import (
     Simplex,
     SimplexProduct,
     project_box,
+    project_data_ball_relaxed,
     project_hyperslab,
     project_l2_ball,
     project_simplex,
@@ -341,3 +342,90 @@ def test_affine_set_copy_and_pickle(method):
     x = torch.randn(2, 3, dtype=F64)
     for clone in (copy.deepcopy(p), pickle.loads(pickle.dumps(p))):
         torch.testing.assert_close(clone(x), p(x))
+
+
+# ---------------------------------------------------------------------- relaxed projection onto a data ball
+def _relaxed_case(data):
+    """A general (not tight) A, data d = A x0 + e with ||e|| < eps (x0 feasible), a relaxation in (0, 2)."""
+    rng = _rng(data)
+    n = data.draw(st.integers(2, 7), label="n")
+    m = data.draw(st.integers(1, 7), label="m")
+    A = rng.normal(size=(m, n)) * rng.uniform(0.2, 3.0)
+    x0 = rng.normal(size=(BATCH, n))
+    e = rng.normal(size=(BATCH, m))
+    eps = rng.uniform(0.05, 2.0, size=BATCH)
+    e *= (eps * rng.uniform(0.0, 0.99, size=BATCH) / np.linalg.norm(e, axis=1))[:, None]
+    lam = data.draw(st.floats(0.05, 1.95), label="lam")
+    return A, x0, x0 @ A.T + e, eps, lam
+
+
+def _relaxed_reference(A, x, d, eps, lam):
+    """Dense float64 reference: relax the projection onto the supporting half-space {z : <a, z> <= b},
+    a = grad g(x) = A^T r / ||r||, b = <a, x> - g(x), g = ||A . - d|| - eps."""
+    out = x.copy()
+    for i in range(x.shape[0]):
+        r = A @ x[i] - d[i]
+        g = np.linalg.norm(r) - eps[i]
+        if g <= 0:
+            continue
+        a = A.T @ r / np.linalg.norm(r)
+        b = a @ x[i] - g
+        p_half = x[i] - max(a @ x[i] - b, 0.0) / (a @ a) * a
+        out[i] = x[i] + lam * (p_half - x[i])
+    return out
+
+
+@SETTINGS
+@given(data=st.data())
+def test_relaxed_data_projection_matches_dense_reference_and_is_quasi_nonexpansive(data):
+    A, x0, d, eps, lam = _relaxed_case(data)
+    op = DenseOperator(torch.tensor(A))
+    x = _draw_x(data, A.shape[1]).numpy()
+    px = project_data_ball_relaxed(torch.tensor(x), op, torch.tensor(d), torch.tensor(eps), lam)
+    np.testing.assert_allclose(px.numpy(), _relaxed_reference(A, x, d, eps, lam), rtol=1e-9, atol=1e-9)
+    # strongly quasi-nonexpansive towards every feasible point: ||Px - z||^2 <= ||x - z||^2 - (2-lam)/lam ||Px - x||^2
+    z = torch.tensor(x0)
+    lhs = (px - z).pow(2).sum(1)
+    rhs = (torch.tensor(x) - z).pow(2).sum(1) - (2 - lam) / lam * (px - torch.tensor(x)).pow(2).sum(1)
+    assert bool((lhs <= rhs + 1e-9 * (1 + rhs.abs())).all())
+    # the fixed points are exactly the feasible points
+    torch.testing.assert_close(project_data_ball_relaxed(z, op, torch.tensor(d), torch.tensor(eps), lam), z,
+                               rtol=0, atol=0)
+    outside = (torch.tensor(x) @ torch.tensor(A).T - torch.tensor(d)).norm(dim=1) > torch.tensor(eps) * (1 + 1e-6)
+    moved = (px - torch.tensor(x)).norm(dim=1) > 0
+    assert bool((moved == outside).all())
+
+
+@SETTINGS
+@given(data=st.data())
+def test_relaxed_data_projection_is_the_exact_projection_for_tight_operators(data):
+    """For A A^T = nu I and lam = 1 the supporting half-space step lands on the ball: DataBall's projection,
+    hence idempotent and nonexpansive there."""
+    rng = _rng(data)
+    n = data.draw(st.integers(2, 6), label="n")
+    m = data.draw(st.integers(1, n), label="m")
+    nu = rng.uniform(0.5, 4.0)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    op = DenseOperator(torch.tensor(q[:m] * math.sqrt(nu)))
+    d, eps = torch.tensor(rng.normal(size=(BATCH, m))), float(rng.uniform(0.0, 1.0))
+    x, y = _draw_x(data, n, "x"), _draw_x(data, n, "y")
+    px, py = project_data_ball_relaxed(x, op, d, eps), project_data_ball_relaxed(y, op, d, eps)
+    torch.testing.assert_close(px, DataBall(op, d, eps, nu=nu)(x), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(project_data_ball_relaxed(px, op, d, eps), px, rtol=0, atol=1e-9)
+    assert bool(((px - py).norm(dim=1) <= (x - y).norm(dim=1) * (1 + 1e-9) + 1e-9).all())
+
+
+def test_relaxed_data_projection_iterates_reach_the_ball_and_errors():
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(8, 12, generator=gen, dtype=F64)
+    op = DenseOperator(A)
+    d = torch.randn(3, 8, generator=gen, dtype=F64) * 4
+    eps = torch.tensor([0.1, 0.5, 1.0], dtype=F64)
+    x = torch.randn(3, 12, generator=gen, dtype=F64)
+    for _ in range(300):  # Fejer-monotone iterates of a relaxed projection converge into the set
+        x = project_data_ball_relaxed(x, op, d, eps, 1.5)
+    assert bool(((x @ A.T - d).norm(dim=1) <= eps * (1 + 1e-6)).all())
+    with pytest.raises(ValueError, match=r"relaxation must lie in \(0, 2\)"):
+        project_data_ball_relaxed(x, op, d, eps, 2.0)
+    with pytest.raises(TypeError, match="floating-point"):
+        project_data_ball_relaxed(torch.zeros(3, 12, dtype=torch.long), op, d, eps)

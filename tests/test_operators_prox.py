@@ -16,6 +16,7 @@ from fpntools.operators import (
     TVProx,
     conjugate_prox,
     prox_l1,
+    prox_l21_conjugate,
     tv_norm,
 )
 
@@ -141,3 +142,39 @@ def test_tv_prox_channels_and_warm_start():
     x2 = p(v, p0=dual)
     assert p.last_iters <= 40 < cold
     torch.testing.assert_close(x2, x, atol=1e-6, rtol=0)
+
+
+def _group_soft_threshold(w: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """prox of t ||.||_{2,1} over axis 1 (dense float64 reference): w_i max(0, 1 - t / ||w_i||)."""
+    n = np.linalg.norm(w, axis=1, keepdims=True)
+    return w * np.maximum(0.0, 1.0 - t / np.where(n > 0, n, 1.0)) * (n > 0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), s=st.floats(0.05, 20.0), k=st.integers(1, 3))
+def test_prox_l21_conjugate_is_the_dual_ball_projection(seed, s, k):
+    """Moreau: prox_{s f*}(v) = v - s prox_{f/s}(v/s) with the group soft threshold, for f = r ||.||_{2,1}
+    and one radius per sample; feasible, idempotent, nonexpansive, obtuse angle."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(3, k, 4, 5)) * rng.uniform(0.1, 5.0)
+    r = rng.uniform(0.0, 2.0, size=3)
+    r[0] = 0.0 if seed % 3 == 0 else r[0]
+    p = prox_l21_conjugate(torch.tensor(v), torch.tensor(r))
+    rb = r.reshape(-1, 1, 1, 1)
+    ref = v - s * _group_soft_threshold(v / s, rb / s)
+    np.testing.assert_allclose(p.numpy(), ref, rtol=1e-10, atol=1e-12)
+    assert bool((p.pow(2).sum(1).sqrt() <= torch.tensor(rb[:, 0]) * (1 + 1e-12) + 1e-15).all())
+    torch.testing.assert_close(prox_l21_conjugate(p, torch.tensor(r)), p, rtol=0, atol=1e-12)
+    w = torch.tensor(rng.normal(size=v.shape))
+    pw = prox_l21_conjugate(w, torch.tensor(r))
+    assert float((p - pw).norm()) <= float((torch.tensor(v) - w).norm()) * (1 + 1e-12)
+    assert float(((torch.tensor(v) - p) * (pw - p)).sum()) <= 1e-9  # <v - Pv, z - Pv> <= 0 for z in the ball
+
+
+def test_prox_l21_conjugate_scalar_radius_and_errors():
+    v = torch.tensor([[[3.0], [4.0]]], dtype=F64)  # one vector (3, 4) of norm 5
+    torch.testing.assert_close(prox_l21_conjugate(v, 1.0), v / 5)
+    torch.testing.assert_close(prox_l21_conjugate(v, 10.0), v)
+    torch.testing.assert_close(prox_l21_conjugate(v, 0.0), torch.zeros_like(v))
+    with pytest.raises(ValueError, match="radius must be >= 0"):
+        prox_l21_conjugate(v, -1.0)

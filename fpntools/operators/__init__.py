@@ -34,6 +34,7 @@ from fpntools.operators.projections import (
     Simplex,
     SimplexProduct,
     project_box,
+    project_data_ball_relaxed,
     project_hyperslab,
     project_l2_ball,
     project_nonnegative,
@@ -48,6 +49,7 @@ from fpntools.operators.prox import (
     TVProx,
     conjugate_prox,
     prox_l1,
+    prox_l21_conjugate,
     tv_norm,
 )
 from fpntools.operators.spectrum import LanczosResult, lanczos
@@ -79,6 +81,7 @@ __all__ = [
     "Simplex",
     "SimplexProduct",
     "project_box",
+    "project_data_ball_relaxed",
     "project_hyperslab",
     "project_l2_ball",
     "project_nonnegative",
@@ -92,6 +95,7 @@ __all__ = [
     "TVProx",
     "conjugate_prox",
     "prox_l1",
+    "prox_l21_conjugate",
     "tv_norm",
     # splitting
     "DavisYin",

@@ -11,6 +11,10 @@ gives one value per sample.
 
 Function forms: :func:`project_box`, :func:`project_nonnegative`, :func:`project_l2_ball`,
 :func:`project_simplex`, :func:`project_simplex_product`, :func:`project_hyperslab`.
+
+:func:`project_data_ball_relaxed` is the relaxed (subgradient) projection onto the data ball
+``{x : ||A x - d|| <= eps}`` for a general linear ``A`` (no closed-form projection exists; see
+:class:`DataBall` for ``A A^T = nu I``, where both coincide).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "AffineSet",
     "Hyperslab",
     "DataBall",
+    "project_data_ball_relaxed",
     "project_box",
     "project_nonnegative",
     "project_l2_ball",
@@ -374,6 +379,45 @@ class DataBall(Projection):
         y = self.A(x)
         q = project_l2_ball(y, self.eps, self.d)
         return x + self.A.A_adjoint(q - y) / self.nu
+
+
+def project_data_ball_relaxed(
+    x: Tensor, A: LinearOperator, d: Tensor, eps: float | Tensor, relaxation: float = 1.0
+) -> Tensor:
+    """Relaxed (subgradient) projection onto ``C = {x : ||A x - d||_2 <= eps}`` for a general linear ``A``.
+
+    With ``g(x) = ||A x - d|| - eps`` (convex, ``C = {g <= 0}``), ``r = A x - d`` and the gradient
+    ``grad g(x) = A^T r / ||r||``, the subgradient projection (Polyak 1969; Bauschke & Combettes,
+    *Convex analysis and monotone operator theory*, sec. 29.6) maps ``x`` onto the half-space
+    ``H(x) = {z : g(x) + <grad g(x), z - x> <= 0} ⊇ C`` that supports ``C`` at ``x``, relaxed by ``lam``:
+
+        ``P(x) = x - lam (g(x))_+ / ||grad g(x)||^2 grad g(x)
+              = x - lam (||r|| - eps)_+ ||r|| / ||A^T r||^2  A^T r``.
+
+    Per sample (norms over all non-batch dims). Properties (``lam in (0, 2)``): ``P(x) = x`` exactly when
+    ``x in C``; ``P`` is firmly quasi-nonexpansive for ``lam = 1`` and, in general,
+    ``||P(x) - z||^2 <= ||x - z||^2 - (2 - lam) / lam ||P(x) - x||^2`` for every ``z in C``. It is not
+    idempotent in general (``P(x)`` lies on ``H(x)``, not necessarily in ``C``); for ``A A^T = nu I`` and
+    ``lam = 1`` it is the exact projection (:class:`DataBall`). Needs ``A^T r != 0`` when ``x`` is outside
+    ``C`` (``d`` outside ``range(A)`` far enough can violate it; the step is then 0 by a clamp).
+
+    Args:
+        x: ``(B, *A.in_shape)``.
+        A: the :class:`LinearOperator`.
+        d: data ``(B, *A.out_shape)``.
+        eps: radius ``>= 0``, a number or ``(B,)``.
+        relaxation: ``lam in (0, 2)``.
+    """
+    _check_batch(x, "project_data_ball_relaxed")
+    if not 0.0 < relaxation < 2.0:
+        raise ValueError(f"project_data_ball_relaxed: relaxation must lie in (0, 2), got {relaxation}")
+    r = A(x) - d
+    nr = r.reshape(r.shape[0], -1).norm(dim=1)
+    g = torch.relu(nr - torch.as_tensor(eps, dtype=nr.dtype, device=nr.device))
+    grad = A.A_adjoint(r)
+    nd2 = grad.reshape(grad.shape[0], -1).norm(dim=1).pow(2)
+    coef = relaxation * _view_b(g, x) * _view_b(nr, x)
+    return x - coef / _view_b(nd2, x).clamp_min(torch.finfo(x.dtype).tiny) * grad
 
 
 # ---------------------------------------------------------------------- affine sets

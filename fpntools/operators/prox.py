@@ -10,6 +10,11 @@ splitting schemes (:mod:`fpntools.operators.splitting`) call their proxes this w
 * :class:`IndicatorProx`: the prox of the indicator of a convex set is its projection.
 * :class:`SquaredL2Prox`: ``g = (lam/2) ||A x - d||^2`` for ``A = I`` (closed form), handy for tests/PDHG.
 * :func:`conjugate_prox`: Moreau's identity ``prox_{s g*}(y) = y - s prox_{g/s}(y / s)``.
+* :func:`prox_l21_conjugate`: the prox of the conjugate of ``r ||.||_{2,1}`` (the dual step of TV in PDHG),
+  the projection onto ``{p : ||p_i||_2 <= r}``.
+
+Image gradients for TV are :func:`fpntools.operators.gradient` / :func:`fpntools.operators.divergence`
+(``grad^T = -div``) and :class:`fpntools.operators.FiniteDifferenceGradient`; :func:`tv_norm` is ``TV``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "SquaredL2Prox",
     "ConjugateProx",
     "conjugate_prox",
+    "prox_l21_conjugate",
 ]
 
 ProxFn = Callable[[Tensor, Any], Tensor]
@@ -245,3 +251,21 @@ class ConjugateProx(nn.Module):
 def conjugate_prox(prox: ProxFn) -> ConjugateProx:
     """The prox of the convex conjugate ``g*`` by Moreau's identity (see :class:`ConjugateProx`)."""
     return ConjugateProx(prox)
+
+
+def prox_l21_conjugate(v: Tensor, radius: float | Tensor, dim: int = 1) -> Tensor:
+    """``prox_{s f*}(v)`` for ``f = r ||.||_{2,1}`` (the group norm ``sum_i ||v_i||_2`` over the vectors
+    ``v_i`` along ``dim``), for every step ``s > 0``.
+
+    ``f*`` is the indicator of the dual ball ``{p : max_i ||p_i||_2 <= r}``, so its prox is the projection
+    ``p_i = v_i / max(1, ||v_i||_2 / r)`` (``0`` where ``r = 0``). With ``v`` the dual variable of the
+    image gradient (``dim = 1`` of a ``(B, k, *shape)`` field from :func:`~fpntools.operators.gradient`) it is
+    the dual step of isotropic TV in PDHG. ``r >= 0``: a number or one value per sample ``(B,)``.
+    """
+    _check(v, "prox_l21_conjugate")
+    r = _per_sample(radius, v, "radius")
+    if bool((r < 0).any()):
+        raise ValueError("prox_l21_conjugate: radius must be >= 0")
+    n = v.pow(2).sum(dim=dim, keepdim=True).sqrt()
+    out = v / torch.clamp(n / r, min=1.0)
+    return out if bool((r > 0).all()) else torch.where(r > 0, out, torch.zeros_like(out))

@@ -8,8 +8,12 @@ Gaussian noise with ``sigma = 0.015 * RMS(sinogram)``.
 Modules: :mod:`~problems.ct.geometry`, :mod:`~problems.ct.projector` (``ct_operator``),
 :mod:`~problems.ct.phantoms` (``random_ellipses``, ``shepp_logan``, ``simulate``, ``make_dataset``),
 :mod:`~problems.ct.lodopab`, :mod:`~problems.ct.baselines` (``fbp``, ``tv_reconstruct``),
-:mod:`~problems.ct.ffpn` (``FFPN``, ``UnrolledCT``), :mod:`~problems.ct.train`, :mod:`~problems.ct.cli`
-(``fpntools ct ...``). See ``problems/ct/README.md``.
+:mod:`~problems.ct.ffpn` (``FFPN``: the F-FPN, and the unrolled network as the same model with
+``SolveConfig.unrolled(K)``), :mod:`~problems.ct.weights` (weights I/O), :mod:`~problems.ct.reconstruct`
+(one method on sinograms, with input-range and usability checks), :mod:`~problems.ct.bench`,
+:mod:`~problems.ct.figures`, :mod:`~problems.ct.train` (training through ``fpntools.training.Trainer``),
+:mod:`~problems.ct.cache`, :mod:`~problems.ct.cli` (``fpntools ct ...``, argument parsing only). See
+``docs/ct.md``.
 """
 
 from problems.ct.geometry import DEFAULT_NOISE, CTGeometry, ShapeError

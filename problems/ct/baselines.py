@@ -10,14 +10,18 @@ TV
     the last row / column is 0). Solved by the primal-dual hybrid gradient method (Chambolle & Pock 2011)
     on the saddle point problem with ``K = [A; mu D]`` (``mu = ||A|| / sqrt 8`` balances the two blocks),
     ``min_x F(K x) + G(x)``, ``F(p, q) = 0.5 ||p - y||^2 + (lam / mu) ||q||_{2,1}``, ``G`` = box indicator,
-    iterated with the toolbox's :class:`fpntools.operators.PDHG` fixed-point map (state ``(x, (p, q))``):
+    iterated with the toolbox's :class:`fpntools.operators.PDHG` fixed-point map (state ``(x, (p, q))``) by the
+    engine's solver loop (:func:`fpntools.fixed_point`, Picard; every image stops on its own residual):
 
     ``x+ = clip(x - tau (A^T p + mu D^T q), 0, 1)``                 (prox of the box indicator)
     ``xb = x+ + theta (x+ - x)``
     ``p+ = (p + sigma (A xb - y)) / (1 + sigma)``                  (prox of ``sigma F1*``, ``F1 = 0.5||. - y||^2``)
     ``q+ = P_{|q_ij| <= lam / mu}(q + sigma mu D xb)``             (prox of ``sigma F2*``, ``F2 = (lam/mu)||.||_{2,1}``)
 
-    with ``sigma tau ||K||^2 < 1`` and ``||K||^2 <= ||A||^2 + 8 mu^2 = 2 ||A||^2``. Batched over sinograms.
+    with ``sigma tau ||K||^2 < 1`` and ``||K||^2 <= ||A||^2 + 8 mu^2 = 2 ||A||^2`` (``||A||`` from
+    :meth:`fpntools.operators.LinearOperator.norm`). ``D`` / ``D^T`` are :func:`fpntools.operators.gradient` and
+    ``-``:func:`fpntools.operators.divergence`, the ``q`` step :func:`fpntools.operators.prox_l21_conjugate`.
+    Batched over sinograms.
 """
 
 from __future__ import annotations
@@ -30,25 +34,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fpntools.operators import PDHG
-from fpntools.operators.linear import LinearOperator
-from fpntools.operators.linear import divergence as fd_divergence
-from fpntools.operators.linear import gradient as fd_gradient
-from problems.ct.geometry import CTGeometry
+from fpntools.fixed_point import fixed_point
+from fpntools.info import FixedPointInfo
 from fpntools.metrics import psnr
+from fpntools.operators import PDHG, LinearOperator, divergence, gradient, prox_l21_conjugate, tv_norm
+from problems.ct.geometry import CTGeometry
 
 __all__ = [
     "FBP_FILTERS",
     "DEFAULT_TV_LAM",
     "FBP",
     "fbp",
-    "image_gradient",
-    "image_gradient_adjoint",
-    "tv",
     "tv_objective",
-    "operator_norm",
     "TVConfig",
     "TVResult",
+    "tv_pdhg",
     "tv_reconstruct",
     "tune_tv_lambda",
     "StackedTVOperator",
@@ -165,57 +165,17 @@ def fbp(
 
 
 # ============================================================================================== TV
-def image_gradient(x: Tensor) -> Tensor:
-    """Forward differences ``D x`` of ``(B, n, m)`` images -> ``(B, 2, n, m)`` (rows, columns), zero across the
-    last row / column (Neumann boundary; :func:`fpntools.operators.linear.gradient`). ``||D||^2 <= 8``."""
-    return fd_gradient(x)
-
-
-def image_gradient_adjoint(g: Tensor) -> Tensor:
-    """``D^T g = -div g`` for ``g`` of shape ``(B, 2, n, m)`` (:func:`fpntools.operators.linear.divergence`)."""
-    return -fd_divergence(g)
-
-
-def tv(x: Tensor) -> Tensor:
-    """Isotropic total variation ``sum_ij ||(D x)_ij||_2`` per image, ``(B,)``."""
-    return image_gradient(x).pow(2).sum(dim=1).sqrt().flatten(1).sum(dim=1)
-
-
 def tv_objective(x: Tensor, y: Tensor, op: Callable[[Tensor], Tensor], lam: float | Tensor) -> Tensor:
-    """``0.5 ||A x - y||^2 + lam TV(x)`` per image ``(B,)`` (the box constraint is not checked)."""
+    """``0.5 ||A x - y||^2 + lam TV(x)`` per image ``(B,)`` (the box constraint is not checked; ``TV`` is
+    :func:`fpntools.operators.tv_norm`)."""
     r = op(x) - y
-    return 0.5 * r.pow(2).flatten(1).sum(dim=1) + torch.as_tensor(lam, dtype=x.dtype) * tv(x)
-
-
-def operator_norm(op: Any, n_iter: int = 100, seed: int = 0, dtype: torch.dtype = torch.float64) -> float:
-    """``||A||_2`` by power iteration on ``A^T A`` (deterministic start; memoised on the operator object)."""
-    cached = getattr(op, "_ct_norm_cache", None)
-    if cached is not None and cached[0] >= n_iter:
-        return cached[1]
-    gen = torch.Generator().manual_seed(seed)
-    in_shape = tuple(op.in_shape)
-    param = next(iter(list(op.parameters()) + list(op.buffers())), None)
-    device = param.device if param is not None else torch.device("cpu")
-    op_dtype = param.dtype if param is not None and param.dtype.is_floating_point else dtype
-    v = torch.randn((1, *in_shape), generator=gen, dtype=torch.float64).to(device=device, dtype=op_dtype)
-    v = v / v.norm()
-    lam = 0.0
-    with torch.no_grad():
-        for _ in range(n_iter):
-            w = op.T(op(v))
-            lam = float(w.flatten().double().norm())
-            v = w / lam
-    norm = math.sqrt(lam)
-    try:
-        op._ct_norm_cache = (n_iter, norm)
-    except Exception:
-        pass
-    return norm
+    return 0.5 * r.pow(2).flatten(1).sum(dim=1) + torch.as_tensor(lam, dtype=x.dtype) * tv_norm(x)
 
 
 class StackedTVOperator(LinearOperator):
     """``K x = [A x; mu D x]`` flattened to one vector per sample: ``(B, n, n) -> (B, m + 2 n^2)``;
-    ``K^T [p; q] = A^T p + mu D^T q``. ``||K||^2 <= ||A||^2 + 8 mu^2``."""
+    ``K^T [p; q] = A^T p + mu D^T q`` with ``D`` = :func:`fpntools.operators.gradient` (forward differences,
+    Neumann boundary) and ``D^T = -div`` (:func:`fpntools.operators.divergence`). ``||K||^2 <= ||A||^2 + 8 mu^2``."""
 
     def __init__(self, op: Any, mu: float) -> None:
         self.n_data = int(np.prod(op.out_shape))
@@ -227,13 +187,13 @@ class StackedTVOperator(LinearOperator):
     def _forward(self, x: Tensor) -> Tensor:
         b = x.shape[0]
         ax = self.op._forward(x).reshape(b, -1)
-        return torch.cat([ax, self.mu * image_gradient(x).reshape(b, -1)], dim=1)
+        return torch.cat([ax, self.mu * gradient(x).reshape(b, -1)], dim=1)
 
     def _adjoint(self, v: Tensor) -> Tensor:
         b = v.shape[0]
         p = v[:, : self.n_data].reshape(b, *self.op.out_shape)
         q = v[:, self.n_data :].reshape(b, 2, *self.op.in_shape)
-        return self.op._adjoint(p) + self.mu * image_gradient_adjoint(q)
+        return self.op._adjoint(p) + self.mu * -divergence(q)
 
 
 @dataclass(frozen=True)
@@ -243,7 +203,9 @@ class TVConfig:
     Attributes:
         lam: TV weight ``lam`` (see :func:`tune_tv_lambda`).
         n_iter: maximum PDHG iterations.
-        tol: stop when ``||x+ - x|| / max(||x+||, 1e-12) <= tol`` for every image (``0`` disables).
+        tol: per image, stop when the fixed-point residual of the PDHG state ``z = (x, (p, q))`` satisfies
+            ``||T(z) - z|| / ||T(z)|| <= tol`` (the engine's criterion, :func:`fpntools.fixed_point`); ``0`` runs
+            exactly ``n_iter`` iterations and returns the last iterate.
         step_ratio: ``r = sigma / tau``; ``tau = 0.99 / (||K|| sqrt(r))``, ``sigma = 0.99 sqrt(r) / ||K||``
             (``sigma tau ||K||^2 = 0.98``). Larger ``r`` = smaller primal steps, larger dual steps.
         theta: extrapolation parameter (1: Chambolle-Pock).
@@ -257,13 +219,69 @@ class TVConfig:
     theta: float = 1.0
     box: tuple[float, float] | None = (0.0, 1.0)
 
+    def __post_init__(self) -> None:
+        if self.n_iter < 1:
+            raise ValueError(f"n_iter must be >= 1, got {self.n_iter}")
+        if not self.tol >= 0:
+            raise ValueError(f"tol must be >= 0, got {self.tol}")
+        if not self.step_ratio > 0:
+            raise ValueError(f"step_ratio must be > 0, got {self.step_ratio}")
+
 
 @dataclass
 class TVResult:
+    """What :func:`tv_reconstruct` returns with ``return_result=True``.
+
+    Attributes:
+        x: the reconstruction(s).
+        info: the engine's :class:`~fpntools.info.FixedPointInfo` of the PDHG solve (per-image steps,
+            residuals and status).
+        objective: ``0.5 ||A x - y||^2 + lam TV(x)`` per image.
+    """
+
     x: Tensor
-    iterations: int
-    rel_change: Tensor
+    info: FixedPointInfo
     objective: Tensor
+
+    @property
+    def iterations(self) -> int:
+        """The largest number of PDHG iterations any image took."""
+        return int(self.info.steps.max())
+
+
+def tv_pdhg(y: Tensor, op: Any, config: TVConfig, op_norm: float | None = None) -> PDHG:
+    """The PDHG fixed-point map of ``min_{x in box} 0.5||A x - y||^2 + lam TV(x)`` for the batch ``y``
+    (``(B, *op.out_shape)``), see the module docstring; ``config.lam`` may be a ``(B,)`` tensor.
+
+    ``op_norm``: ``||A||`` if known (default: :meth:`~fpntools.operators.LinearOperator.norm`).
+    """
+    norm_a = float(op.norm()) if op_norm is None else float(op_norm)
+    mu = norm_a / math.sqrt(8.0)
+    norm_k = math.sqrt(norm_a**2 + 8.0 * mu**2)
+    r = math.sqrt(config.step_ratio)
+    tau, sigma = 0.99 / (norm_k * r), 0.99 * r / norm_k
+    lam = torch.as_tensor(config.lam, dtype=y.dtype, device=y.device)
+    if lam.ndim > 1 or (lam.ndim == 1 and lam.shape[0] not in (1, y.shape[0])):
+        raise ValueError(f"lam has shape {tuple(lam.shape)} for {y.shape[0]} sinograms; give a number or (B,)")
+    if bool((lam < 0).any()):
+        raise ValueError(f"lam must be >= 0, got {config.lam}")
+    K = StackedTVOperator(op, mu)
+    n_a = K.n_data
+    img_shape = tuple(op.in_shape)
+    radius = lam / mu  # pointwise bound on |q_ij|
+    y_flat = y.reshape(y.shape[0], -1)
+    box = config.box
+
+    def prox_f_conj(v: Tensor, s: float) -> Tensor:
+        # f(p, q) = 0.5 ||p - y||^2 + (lam / mu) ||q||_{2,1}:  prox of s f* blockwise
+        p = (v[:, :n_a] - s * y_flat) / (1.0 + s)
+        q = prox_l21_conjugate(v[:, n_a:].reshape(v.shape[0], 2, *img_shape), radius)
+        return torch.cat([p, q.reshape(v.shape[0], -1)], dim=1)
+
+    def prox_g(v: Tensor, t: float) -> Tensor:
+        return v if box is None else v.clamp(box[0], box[1])
+
+    return PDHG(K, prox_f_conj, prox_g, tau=tau, sigma=sigma, theta=config.theta)
 
 
 def tv_reconstruct(
@@ -272,9 +290,13 @@ def tv_reconstruct(
     config: TVConfig | None = None,
     x0: Tensor | None = None,
     return_result: bool = False,
+    op_norm: float | None = None,
     **overrides: Any,
 ) -> Tensor | TVResult:
     """TV-regularised least squares ``argmin_{0<=x<=1} 0.5||A x - y||^2 + lam TV(x)`` by PDHG (batched).
+
+    The PDHG map (:func:`tv_pdhg`, :class:`fpntools.operators.PDHG`) is iterated by the engine's solver loop
+    (:func:`fpntools.fixed_point`, Picard, no autograd), which stops every image on its own residual.
 
     Args:
         sinograms: ``(B, *op.out_shape)`` or one sinogram.
@@ -282,7 +304,8 @@ def tv_reconstruct(
         config: :class:`TVConfig`; keyword ``overrides`` replace its fields (``lam=0.5, n_iter=1000``).
             ``lam`` may also be a ``(B,)`` tensor (one weight per sinogram).
         x0: initial image (default zeros).
-        return_result: return a :class:`TVResult` (iterations, last relative change, objective).
+        return_result: return a :class:`TVResult` (solver info, objective).
+        op_norm: ``||A||`` if known (saves a power iteration per call).
     """
     cfg = config or TVConfig()
     if overrides:
@@ -294,56 +317,18 @@ def tv_reconstruct(
         y = y[None]
     if tuple(y.shape[1:]) != out_shape:
         raise ValueError(f"sinograms have shape {tuple(sinograms.shape)}; expected (B, {out_shape}) or {out_shape}")
-    norm_a = operator_norm(op)
-    mu = norm_a / math.sqrt(8.0)
-    norm_k = math.sqrt(norm_a**2 + 8.0 * mu**2)
-    r = math.sqrt(cfg.step_ratio)
-    tau, sigma = 0.99 / (norm_k * r), 0.99 * r / norm_k
-    lam = torch.as_tensor(cfg.lam, dtype=y.dtype, device=y.device)
-    lam_b = lam.reshape(-1, 1, 1) if lam.ndim == 1 else lam
-    if lam_b.ndim and lam_b.shape[0] not in (1, y.shape[0]):
-        raise ValueError(f"lam has {lam_b.shape[0]} entries for {y.shape[0]} sinograms")
-    if bool((lam < 0).any()):
-        raise ValueError(f"lam must be >= 0, got {cfg.lam}")
-    K = StackedTVOperator(op, mu)
-    n_a = K.n_data
+    T = tv_pdhg(y, op, cfg, op_norm)
     img_shape = tuple(op.in_shape)
-    radius = lam_b / mu  # pointwise bound on |q_ij|
-    rad = radius.unsqueeze(1) if radius.ndim else radius  # (B, 1, 1, 1) or scalar
-    y_flat = y.reshape(y.shape[0], -1)
-
-    def prox_f_conj(v: Tensor, s: float) -> Tensor:
-        # f(p, q) = 0.5 ||p - y||^2 + (lam / mu) ||q||_{2,1}:  prox of s f* blockwise
-        p = (v[:, :n_a] - s * y_flat) / (1.0 + s)
-        q = v[:, n_a:].reshape(v.shape[0], 2, *img_shape)
-        qn = q.pow(2).sum(dim=1, keepdim=True).sqrt()  # pointwise |q_ij|, (B, 1, n, n)
-        q = q / torch.clamp(qn / rad, min=1.0)
-        return torch.cat([p, q.reshape(v.shape[0], -1)], dim=1)
-
-    def prox_g(v: Tensor, t: float) -> Tensor:
-        return v if cfg.box is None else v.clamp(cfg.box[0], cfg.box[1])
-
-    T = PDHG(K, prox_f_conj, prox_g, tau=tau, sigma=sigma, theta=cfg.theta)
-    x0_ = torch.zeros((y.shape[0], *img_shape), dtype=y.dtype, device=y.device) if x0 is None else x0.clone()
-    state = T.initial_state(x0_)
-    rel = torch.full((y.shape[0],), float("inf"), dtype=y.dtype)
-    it = 0
+    x0_ = torch.zeros((y.shape[0], *img_shape), dtype=y.dtype, device=y.device) if x0 is None else x0
     with torch.no_grad():
-        for it in range(1, cfg.n_iter + 1):
-            x_old = state[0]
-            state = T(state)
-            if cfg.tol > 0 and (it % 10 == 0 or it == cfg.n_iter):
-                x_new = state[0]
-                rel = (x_new - x_old).flatten(1).norm(dim=1) / x_new.flatten(1).norm(dim=1).clamp_min(1e-12)
-                if bool((rel <= cfg.tol).all()):
-                    break
+        state, info = fixed_point(T, T.initial_state(x0_), solver="picard", backward="jfb", tol=cfg.tol,
+                                  max_iter=cfg.n_iter, divergence_factor=None)
     x = T.solution(state)
     if not return_result:
         return x if batched else x[0]
     with torch.no_grad():
-        obj = tv_objective(x, y, op, lam_b.reshape(-1) if lam_b.ndim else lam)
-    xr = x if batched else x[0]
-    return TVResult(xr, it, rel, obj)
+        obj = tv_objective(x, y, op, torch.as_tensor(cfg.lam, dtype=y.dtype, device=y.device))
+    return TVResult(x if batched else x[0], info, obj)
 
 
 def tune_tv_lambda(
@@ -364,10 +349,11 @@ def tune_tv_lambda(
     cfg = config or TVConfig()
     grid = list(lambdas) if lambdas is not None else [10.0**k for k in np.arange(-1.0, 1.51, 0.5)]
     table: dict[float, float] = {}
+    op_norm = float(op.norm())
 
     def score(lam: float) -> float:
         if lam not in table:
-            x = tv_reconstruct(sinograms, op, cfg, lam=float(lam))
+            x = tv_reconstruct(sinograms, op, cfg, lam=float(lam), op_norm=op_norm)
             table[lam] = float(psnr(x, images).mean())
             if verbose:
                 print(f"lam={lam:.4g}: PSNR {table[lam]:.3f} dB")

@@ -4,34 +4,35 @@ Commands:
 
 * ``fpntools ct simulate --phantom ellipses -n 4 --out sino.npy [--truth-out x.npy]``
 * ``fpntools ct reconstruct sino.npy --method fbp|tv|ffpn|unrolled --out rec.npy [--png rec.png] [--truth x.npy]``
-* ``fpntools ct train --model ffpn --epochs 10 --out weights.safetensors --checkpoint run.pt``
+* ``fpntools ct train --model ffpn --epochs 10 --out weights.safetensors [--run-dir DIR] [--resume|--force]``
 * ``fpntools ct bench --n-test 16 --methods fbp,tv,ffpn,unrolled [--json results.json]``
+* ``fpntools ct tune-tv --n-val 16``
 
 Geometry options (all commands): ``--size 128 --angles 30 --detectors 183 --angle-range 3.14159...
 --detector-width 1 [--fan --source-origin 256 --origin-detector 256]``; defaults are the toolbox contract.
 Sinogram files are ``.npy`` arrays ``(n_angles, n_detectors)`` or ``(N, n_angles, n_detectors)``.
+
+This module only parses arguments and calls the library (:mod:`problems.ct.reconstruct`,
+:mod:`problems.ct.bench`, :mod:`problems.ct.train`, :mod:`problems.ct.weights`, :mod:`problems.ct.figures`).
+Exit codes: 2 for bad input (nothing written), 3 when the reconstruction is not usable (nothing written).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import torch
 import typer
 
+from fpntools.cli_support import NotUsableError, check_output_dir, check_output_path, warn
 from fpntools.errors import UserInputError
-from fpntools.training.checkpoint import atomic_write, atomic_write_bytes
 
 app = typer.Typer(help="CT reconstruction: FBP, TV, F-FPN and unrolled networks.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 
 from problems.ct.baselines import DEFAULT_TV_LAM  # noqa: E402  (tuned TV weight of the default problem)
-METHODS = ("fbp", "tv", "ffpn", "unrolled")
 
 
 def _geometry(size: int, angles: int, detectors: int, angle_range: float, detector_width: Optional[float],
@@ -50,6 +51,17 @@ def _geometry(size: int, angles: int, detectors: int, angle_range: float, detect
         raise UserInputError(str(exc)) from exc
 
 
+def _threads(threads: int) -> None:
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _stderr(message: str) -> None:
+    typer.echo(message, err=True)
+
+
 # shared options -------------------------------------------------------------------------------------------
 SizeOpt = typer.Option(128, "--size", help="image side length (pixels)")
 AnglesOpt = typer.Option(30, "--angles", help="number of projection angles")
@@ -60,77 +72,7 @@ FanOpt = typer.Option(False, "--fan", help="fan beam (flat detector) instead of 
 SoOpt = typer.Option(256.0, "--source-origin", help="fan beam: source to rotation axis distance")
 OdOpt = typer.Option(256.0, "--origin-detector", help="fan beam: rotation axis to detector distance")
 CacheOpt = typer.Option(None, "--cache-dir", help="cache for projection matrices and data sets")
-
-
-def _load_array(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise UserInputError(f"{what} file not found: {path}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise UserInputError(f"cannot read {what} file {path} as .npy: {exc}") from exc
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    """Write ``arr`` to ``path`` atomically (no partial file on failure)."""
-    atomic_write(path, lambda fh: np.save(fh, arr, allow_pickle=False))
-
-
-def _save_figure(path: Path, fig) -> None:  # noqa: ANN001 - matplotlib figure
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _save_png(path: Path, images: np.ndarray) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    imgs = images[None] if images.ndim == 2 else images
-    n = imgs.shape[0]
-    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3), squeeze=False)
-    for ax, im in zip(axes[0], imgs):
-        ax.imshow(im, cmap="gray", vmin=0, vmax=1)
-        ax.axis("off")
-    fig.tight_layout()
-    _save_figure(path, fig)
-
-
-def _save_bench_figure(path: Path, truth: np.ndarray, recs: dict[str, np.ndarray], n_show: int = 2) -> None:
-    """Ground truth and each method's reconstruction (top row per image) with its error map below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_show = min(n_show, truth.shape[0])
-    cols = 1 + len(recs)
-    fig, axes = plt.subplots(2 * n_show, cols, figsize=(2.6 * cols, 2.6 * 2 * n_show), squeeze=False)
-    for i in range(n_show):
-        top, bottom = axes[2 * i], axes[2 * i + 1]
-        top[0].imshow(truth[i], cmap="gray", vmin=0, vmax=1)
-        top[0].set_title(f"truth #{i}", fontsize=9)
-        bottom[0].axis("off")
-        for j, (name, rec) in enumerate(recs.items(), start=1):
-            err = np.abs(rec[i] - truth[i])
-            mse = float(np.mean((rec[i] - truth[i]) ** 2))
-            psnr_i = 10 * np.log10(1.0 / max(mse, 1e-12))
-            top[j].imshow(rec[i], cmap="gray", vmin=0, vmax=1)
-            top[j].set_title(f"{name} {psnr_i:.1f} dB", fontsize=9)
-            bottom[j].imshow(err, cmap="magma", vmin=0, vmax=0.25)
-            bottom[j].set_title(f"|{name} - truth|", fontsize=9)
-        for ax in list(top) + list(bottom):
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
-    _save_figure(path, fig)
+ThreadsOpt = typer.Option(0, help="torch CPU threads (0: torch default)")
 
 
 @app.command()
@@ -146,52 +88,24 @@ def simulate(
     origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
 ) -> None:
     """Simulate noisy sinograms of phantoms."""
-    from problems.ct.phantoms import random_ellipses, shepp_logan
+    from problems.ct.phantoms import make_phantoms
     from problems.ct.phantoms import simulate as sim
     from problems.ct.projector import ct_operator
+    from problems.ct.reconstruct import save_array
 
+    check_output_path(out, (".npy",), "--out")
+    if truth_out is not None:
+        check_output_path(truth_out, (".npy",), "--truth-out")
+    if not (noise >= 0 and math.isfinite(noise)):
+        raise UserInputError(f"--noise must be a finite number >= 0, got {noise}")
     g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
-    if phantom == "ellipses":
-        x = random_ellipses(n, g.image_size, seed=seed)
-    elif phantom in ("shepp-logan", "shepp_logan", "shepp"):
-        x = shepp_logan(g.image_size)[None]
-    else:
-        raise UserInputError(f"unknown phantom {phantom!r}; use 'ellipses' or 'shepp-logan'")
+    x = make_phantoms(phantom, n, g.image_size, seed)
     y = sim(x, g, noise=noise, seed=seed, operator=ct_operator(g, cache_dir=cache_dir)).numpy()
     y = y[0] if y.shape[0] == 1 else y
-    _save_npy(out, y)
+    save_array(out, y)
     if truth_out is not None:
-        _save_npy(truth_out, np.asarray(x[0] if x.shape[0] == 1 else x))
+        save_array(truth_out, x[0] if x.shape[0] == 1 else x)
     typer.echo(f"wrote {out} {y.shape} ({g.describe()}, noise {noise})")
-
-
-def _reconstruct(method: str, y: torch.Tensor, g, op, lam: float, filt: str, weights: Optional[Path],
-                 cache_dir, iters: int):
-    from problems.ct.baselines import fbp, tv_reconstruct
-
-    if method == "fbp":
-        return fbp(y, g, filter=filt), {}
-    if method == "tv":
-        return tv_reconstruct(y, op, lam=lam, n_iter=iters), {}
-    if method in ("ffpn", "unrolled"):
-        from problems.ct.train import load_model, shipped_weights
-
-        from fpntools.training.checkpoint import CheckpointError
-
-        try:
-            path = weights if weights is not None else shipped_weights(method)  # type: ignore[arg-type]
-            model, wg, meta = load_model(path, op=op)
-        except CheckpointError as exc:
-            raise UserInputError(str(exc)) from exc
-        if wg != g:
-            raise UserInputError(
-                f"weights {path} were trained for another geometry ({wg.describe()}); requested {g.describe()}"
-            )
-        with torch.no_grad():
-            u, info = model(y)
-        extra = {"steps": float(info.steps.double().mean()), "status": info.status.name} if info is not None else {}
-        return u, extra
-    raise UserInputError(f"unknown method {method!r}; use one of {METHODS}")
 
 
 @app.command()
@@ -201,7 +115,7 @@ def reconstruct(
     method: str = typer.Option("ffpn", help="fbp | tv | ffpn | unrolled"),
     weights: Optional[Path] = typer.Option(None, help="network weights (.safetensors; default: shipped)"),
     lam: float = typer.Option(DEFAULT_TV_LAM, help="TV weight"),
-    iters: int = typer.Option(500, help="TV: PDHG iterations"),
+    iters: int = typer.Option(500, help="TV: maximum PDHG iterations"),
     filter: str = typer.Option("hann", "--filter", help="FBP filter: ram-lak shepp-logan cosine hamming hann"),
     png: Optional[Path] = typer.Option(None, help="also save a PNG"),
     truth: Optional[Path] = typer.Option(None, help="ground truth .npy: print PSNR / SSIM"),
@@ -209,84 +123,130 @@ def reconstruct(
     detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
     origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
 ) -> None:
-    """Reconstruct images from sinograms."""
+    """Reconstruct images from sinograms; says whether the output is usable (exit 3 and nothing written if not)."""
     from fpntools.metrics import psnr, ssim
     from problems.ct.projector import ct_operator
+    from problems.ct.reconstruct import (
+        METHODS,
+        check_sinogram_range,
+        load_array,
+        load_network,
+        load_sinograms,
+        save_images,
+    )
+    from problems.ct.reconstruct import reconstruct as run
 
-    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
-    y_np, batched = g.check_sinogram(_load_array(sinogram, "sinogram"), f"sinogram {sinogram}")
-    yb = torch.from_numpy(np.ascontiguousarray(y_np, dtype=np.float32))
-    op = ct_operator(g, cache_dir=cache_dir)
-    t0 = time.perf_counter()
-    rec, extra = _reconstruct(method.lower(), yb, g, op, lam, filter, weights, cache_dir, iters)
-    dt = time.perf_counter() - t0
-    arr = rec.detach().cpu().numpy().astype(np.float32)
-    arr = arr if batched else arr[0]
-    if out.suffix.lower() == ".png":
-        _save_png(out, arr)
-    else:
-        _save_npy(out, arr)
-    msg = f"{method}: wrote {out} {arr.shape} in {dt:.2f} s"
-    if extra:
-        msg += f" ({extra.get('steps', 0):.1f} fixed-point steps, {extra.get('status')})"
-    typer.echo(msg)
+    method = method.lower()
+    if method not in METHODS:
+        raise UserInputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    check_output_path(out, (".npy", ".png"), "--out")
     if png is not None:
-        _save_png(png, arr)
+        check_output_path(png, (".png",), "--png")
+    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
+    y, batched = load_sinograms(sinogram, g)
+    x = None
     if truth is not None:
-        x = _load_array(truth, "ground truth").astype(np.float32)
-        if x.shape != arr.shape:
-            raise UserInputError(f"ground truth {truth} has shape {x.shape}, reconstruction {arr.shape}")
-        typer.echo(f"PSNR {float(psnr(arr, x).mean()):.2f} dB, SSIM {float(ssim(arr, x).mean()):.4f}")
+        x = load_array(truth, "ground truth")
+        want = (y.shape[0], *g.image_shape) if batched else g.image_shape
+        if tuple(x.shape) != tuple(want):
+            raise UserInputError(f"ground truth {truth} has shape {tuple(x.shape)}; the reconstruction will have {want}")
+    op = ct_operator(g, cache_dir=cache_dir)
+    rng = check_sinogram_range(y, op, f"sinogram {sinogram}")
+    if rng.fraction_above or rng.fraction_below:
+        warn(f"sinogram {sinogram}: {rng.describe()}")
+    model = load_network(method, weights, op, g) if method in ("ffpn", "unrolled") else None
+    rec = run(method, y, g, op, lam=lam, iters=iters, filter=filter, model=model)
+    verdict = rec.verdict()
+    for w in verdict.warnings:
+        warn(w)
+    if not verdict.usable:
+        raise NotUsableError(f"{'; '.join(verdict.problems)}; nothing written ({verdict.summary})")
+    arr = rec.images.detach().cpu().numpy().astype("float32")
+    arr = arr if batched else arr[0]
+    save_images(out, arr)
+    if png is not None:
+        save_images(png, arr)
+    typer.echo(f"{method}: wrote {out} {arr.shape} in {rec.seconds:.2f} s")
+    typer.echo(verdict.summary)
+    if x is not None:
+        typer.echo(f"PSNR {float(psnr(arr, x.astype('float32')).mean()):.2f} dB, "
+                   f"SSIM {float(ssim(arr, x.astype('float32')).mean()):.4f}")
 
 
 @app.command()
 def train(
     out: Path = typer.Option(Path("ct_ffpn.safetensors"), "--out", help="weights output (.safetensors + .json)"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir",
+                                           help="run folder: config, history, checkpoint (default: <out>_run)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in the run folder"),
+    force: bool = typer.Option(False, "--force", help="start over although the run folder holds a checkpoint"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     model: str = typer.Option("ffpn", help="ffpn | unrolled"),
     epochs: int = typer.Option(10), batch_size: int = typer.Option(8), lr: float = typer.Option(2e-3),
-    lr_decay: float = typer.Option(0.93), n_train: int = typer.Option(200), n_val: int = typer.Option(8),
-    seed: int = typer.Option(0),
-    backward: str = typer.Option("jfb", help="F-FPN gradient: jfb | implicit | phantom"),
+    lr_decay: float = typer.Option(0.93, help="learning rate factor after every epoch"),
+    grad_clip: float = typer.Option(1.0, help="gradient norm clip (0: off)"),
+    n_train: int = typer.Option(200), n_val: int = typer.Option(8),
+    seed: int = typer.Option(0, help="data, initialisation and sample-order seed"),
+    backward: Optional[str] = typer.Option(None, help="F-FPN gradient: jfb (default) | implicit | implicit_cg | phantom"),
+    unrolled_steps: int = typer.Option(10, help="unrolled network: number of steps"),
     data_step: str = typer.Option("relaxed", help="relaxed (data-ball subgradient projection) | gradient"),
     channels: int = typer.Option(16), layers: int = typer.Option(3),
     activation: str = typer.Option("leaky_relu", help="leaky_relu | maxmin"),
-    condition: str = typer.Option("fbp", help="fbp (FBP as a second input channel of the regulariser) | none"),
+    condition: str = typer.Option("fbp", help="fbp (reference as a second input channel of the regulariser) | none"),
     reference: str = typer.Option("tv", help="reference reconstruction the network starts from: tv | fbp"),
     reference_tv_iters: int = typer.Option(80, help="PDHG iterations of the TV reference"),
     prior: str = typer.Option("unet", help="unet (U-Net on the reference gating the regulariser, plus an offset) | none"),
     prior_width: int = typer.Option(16, help="U-Net prior: channels of the first level"),
     prior_levels: int = typer.Option(3, help="U-Net prior: number of resolutions"),
-    unrolled_steps: int = typer.Option(10),
-    max_minutes: float = typer.Option(0.0, help="stop after this many minutes (0: no limit)"),
-    checkpoint: Optional[Path] = typer.Option(None, help="checkpoint file (resumes when it exists)"),
-    threads: int = typer.Option(0, help="torch CPU threads (0: torch default)"),
+    max_minutes: float = typer.Option(0.0, help="stop (with a checkpoint) after this many minutes (0: no limit)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
+    threads: int = ThreadsOpt,
     size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
     detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
     origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
 ) -> None:
     """Train an F-FPN (or the unrolled baseline) on simulated random-ellipse data."""
-    from problems.ct.ffpn import FFPNConfig
-    from problems.ct.train import TrainConfig, save_weights
+    from problems.ct.ffpn import FFPN_SOLVE, FFPNConfig, default_solve
+    from problems.ct.train import TrainConfig, train_summary
     from problems.ct.train import train as run_train
+    from problems.ct.weights import save_weights
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    check_output_path(out, (".safetensors",), "--out")
+    run_dir = run_dir if run_dir is not None else out.with_name(out.stem + "_run")
+    check_output_dir(run_dir, "--run-dir")
+    _threads(threads)
     g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
     try:
-        mcfg = FFPNConfig(channels=channels, layers=layers, backward=backward, data_step=data_step,  # type: ignore[arg-type]
-                          unrolled_steps=unrolled_steps, activation=activation,  # type: ignore[arg-type]
+        mcfg = FFPNConfig(channels=channels, layers=layers, data_step=data_step, activation=activation,  # type: ignore[arg-type]
                           condition=condition, prior=prior, prior_width=prior_width,  # type: ignore[arg-type]
                           prior_levels=prior_levels, reference=reference,  # type: ignore[arg-type]
                           reference_tv_iters=reference_tv_iters)
     except ValueError as exc:
-        raise UserInputError(str(exc)) from exc
-    cfg = TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,  # type: ignore[arg-type]
-                      n_train=n_train, n_val=n_val, seed=seed, max_minutes=max_minutes,
-                      checkpoint=str(checkpoint) if checkpoint else None)
-    net, history = run_train(cfg, mcfg, g, cache_dir=cache_dir, log=typer.echo)
-    save_weights(net, out, model, g, {"history": history, "train_config": cfg.__dict__})
-    best = max((h["val_psnr"] for h in history), default=float("nan"))
-    typer.echo(f"wrote {out} (best validation PSNR {best:.2f} dB)")
+        raise UserInputError(str(exc)) from None
+    if model == "ffpn":
+        solve = FFPN_SOLVE.with_(backward=backward or FFPN_SOLVE.backward)
+        if solve.backward == "unroll":
+            raise UserInputError("--backward unroll is the unrolled network: use --model unrolled")
+    elif model == "unrolled":
+        if backward is not None:
+            raise UserInputError("--backward applies to --model ffpn; the unrolled network backpropagates "
+                                 "through its --unrolled-steps")
+        if unrolled_steps < 1:
+            raise UserInputError(f"--unrolled-steps must be >= 1, got {unrolled_steps}")
+        solve = default_solve("unrolled", unrolled_steps)
+    else:
+        raise UserInputError(f"--model must be ffpn or unrolled, got {model!r}")
+    cfg = TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
+                      grad_clip=grad_clip, n_train=n_train, n_val=n_val, seed=seed, max_minutes=max_minutes,
+                      device=device, run_dir=str(run_dir), resume=resume, force=force, progress=progress)
+    net, result = run_train(cfg, mcfg, g, solve=solve, cache_dir=cache_dir, log=_stderr)
+    if not result.history:
+        raise NotUsableError(f"no epoch finished ({result.stop_reason}); nothing written; the checkpoint in "
+                             f"{run_dir} continues with --resume")
+    save_weights(net.cpu(), out, g, train_summary(cfg, result))
+    done = "" if result.completed else f" (stopped early: {result.stop_reason}; --resume continues the run)"
+    typer.echo(f"wrote {out} and {out.with_suffix('.json').name}: weights of epoch {result.best_epoch}, validation "
+               f"PSNR {result.best_value:.2f} dB{done}; run folder {run_dir}")
 
 
 @app.command()
@@ -295,68 +255,51 @@ def bench(
     n_test: int = typer.Option(16, help="test phantoms (random ellipses, test split)"),
     seed: int = typer.Option(0),
     lam: float = typer.Option(DEFAULT_TV_LAM, help="TV weight"),
-    iters: int = typer.Option(500, help="TV: PDHG iterations"),
+    iters: int = typer.Option(500, help="TV: maximum PDHG iterations"),
     filter: str = typer.Option("hann", "--filter", help="FBP filter"),
     ffpn_weights: Optional[Path] = typer.Option(None, help="F-FPN weights (default: shipped)"),
     unrolled_weights: Optional[Path] = typer.Option(None, help="unrolled weights (default: shipped)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
     figure: Optional[Path] = typer.Option(Path("out/ct/bench.png"), help="figure: truth, reconstructions, error maps"),
-    threads: int = typer.Option(0, help="torch CPU threads (0: torch default)"),
+    threads: int = ThreadsOpt,
     size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
     detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
     origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
 ) -> None:
-    """PSNR / SSIM / time per image of the methods on simulated test phantoms."""
+    """PSNR / SSIM / time per image of the methods on simulated test phantoms (progress on stderr)."""
     from rich.console import Console
-    from rich.table import Table
 
-    from fpntools.metrics import psnr, ssim
-    from problems.ct.phantoms import CTDataConfig, make_dataset
-    from problems.ct.projector import ct_operator
+    from fpntools.atomic_io import atomic_write_bytes
+    from problems.ct.bench import BenchConfig, bench_document, bench_table, parse_methods, run_bench
+    from problems.ct.figures import save_bench_figure
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
-    chosen = [m.strip().lower() for m in methods.split(",") if m.strip()]
-    bad = [m for m in chosen if m not in METHODS]
-    if bad:
-        raise UserInputError(f"unknown methods {bad}; choose from {METHODS}")
-    data = make_dataset(CTDataConfig(geometry=g, n_train=0, n_val=0, n_test=n_test, seed=seed), cache_dir=cache_dir)
-    x, y = data.test.images, data.test.sinograms
-    op = ct_operator(g, cache_dir=cache_dir)
-    results = {}
-    recs: dict[str, np.ndarray] = {}
-    for m in chosen:
-        w = ffpn_weights if m == "ffpn" else unrolled_weights if m == "unrolled" else None
-        t0 = time.perf_counter()
-        rec, extra = _reconstruct(m, y, g, op, lam, filter, w, cache_dir, iters)
-        dt = (time.perf_counter() - t0) / n_test
-        recs[m] = rec.detach().cpu().numpy()
-        p, s = psnr(rec, x), ssim(rec, x)
-        results[m] = {"psnr": float(p.mean()), "psnr_std": float(p.std()) if n_test > 1 else 0.0,
-                      "ssim": float(s.mean()), "seconds_per_image": dt, **extra}
-    table = Table(title=f"CT bench: {n_test} ellipse phantoms, {g.describe()}")
-    for col in ("method", "PSNR (dB)", "SSIM", "s / image", "fp steps"):
-        table.add_column(col)
-    for m, r in results.items():
-        table.add_row(m, f"{r['psnr']:.2f} ± {r['psnr_std']:.2f}", f"{r['ssim']:.4f}", f"{r['seconds_per_image']:.3f}",
-                      f"{r['steps']:.1f}" if "steps" in r else "-")
-    Console().print(table)
+    chosen = parse_methods(methods)
     if figure is not None:
-        _save_bench_figure(figure, x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x), recs)
+        check_output_dir(figure.parent, "--figure folder")
+        check_output_path(figure, (".png",), "--figure")
+    if json_out is not None:
+        check_output_path(json_out, (".json",), "--json")
+    _threads(threads)
+    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
+    cfg = BenchConfig(methods=chosen, n_test=n_test, seed=seed, lam=lam, iters=iters, filter=filter,
+                      ffpn_weights=ffpn_weights, unrolled_weights=unrolled_weights)
+    result = run_bench(cfg, g, cache_dir=cache_dir, log=_stderr)
+    Console().print(bench_table(result))
+    if figure is not None:
+        save_bench_figure(figure, result.truth, result.recs)
         typer.echo(f"wrote {figure}")
     if json_out is not None:
-        doc = {"geometry": g.to_dict(), "n_test": n_test, "seed": seed, "results": results}
-        atomic_write_bytes(json_out, json.dumps(doc, indent=2).encode())
+        atomic_write_bytes(json_out, json.dumps(bench_document(result), indent=2).encode())
+        typer.echo(f"wrote {json_out}")
 
 
 @app.command("tune-tv")
 def tune_tv(
     n_val: int = typer.Option(16, help="validation phantoms (random ellipses, validation split)"),
     seed: int = typer.Option(0),
-    iters: int = typer.Option(500, help="PDHG iterations per reconstruction"),
+    iters: int = typer.Option(500, help="maximum PDHG iterations per reconstruction"),
     refine: int = typer.Option(2, help="refinements of the grid around the best value (factors 10^(1/4), 10^(1/8), ...)"),
-    threads: int = typer.Option(0, help="torch CPU threads (0: torch default)"),
+    threads: int = ThreadsOpt,
     size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
     detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
     origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
@@ -366,15 +309,14 @@ def tune_tv(
     from problems.ct.phantoms import CTDataConfig, make_dataset
     from problems.ct.projector import ct_operator
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    if n_val < 1 or iters < 1 or refine < 0:
+        raise UserInputError(f"--n-val and --iters must be >= 1 and --refine >= 0, got {n_val}, {iters}, {refine}")
+    _threads(threads)
     g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
-    if n_val < 1:
-        raise UserInputError(f"n_val must be >= 1, got {n_val}")
     data = make_dataset(CTDataConfig(geometry=g, n_train=0, n_val=n_val, n_test=0, seed=seed), cache_dir=cache_dir)
     op = ct_operator(g, cache_dir=cache_dir)
     best, table = tune_tv_lambda(data.val.images, data.val.sinograms, op, config=TVConfig(n_iter=iters),
                                  refine=refine)
     for lam in sorted(table):
         typer.echo(f"lam {lam:8.4f}: validation PSNR {table[lam]:.3f} dB" + ("  <- best" if lam == best else ""))
-    typer.echo(f"best lam = {best:.4g} ({n_val} validation phantoms, {iters} PDHG iterations)")
+    typer.echo(f"best lam = {best:.4g} ({n_val} validation phantoms, at most {iters} PDHG iterations)")

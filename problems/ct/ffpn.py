@@ -33,11 +33,13 @@ Data step ``P_data`` (``FFPNConfig.data_step``):
 ``eps = eps_factor * noise * ||y||`` per sinogram: for ``y = A x + e`` with ``sigma = noise * RMS(A x)``,
 ``E||e||^2 = noise^2 ||A x||^2`` so the ground truth is feasible (in expectation) for ``eps_factor >= 1``.
 
-Training: the fixed point is found by ``fpntools.fixed_point`` (Anderson by default) without a graph and
-differentiated with Jacobian-free backpropagation (``backward="jfb"``, one differentiable application of
-``T_theta`` at the fixed point) or implicit differentiation (``backward="implicit"``).
-The unrolled baseline (:class:`UnrolledCT`) applies the same ``T_theta`` a fixed number of times and
-backpropagates through every step.
+Solving and training: :class:`FFPN` holds the architecture (:class:`FFPNConfig`) and a
+:class:`fpntools.SolveConfig`, and solves ``u = T_theta(u; y)`` with the :class:`fpntools.FixedPoint` module built
+by :func:`fpntools.make_fixed_point`. The F-FPN (:data:`FFPN_SOLVE`) finds the fixed point with Anderson
+acceleration without a graph and differentiates it with Jacobian-free backpropagation (``backward="jfb"``, one
+differentiable application of ``T_theta`` at the fixed point) or implicit differentiation
+(``backward="implicit"``). The unrolled baseline is the same model with ``SolveConfig.unrolled(K)``: exactly ``K``
+Picard steps ``u_{k+1} = T_theta(u_k; y)``, backpropagating through every one (:func:`default_solve`).
 """
 
 from __future__ import annotations
@@ -51,27 +53,42 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import fpntools
 from fpntools.info import FixedPointInfo
+from fpntools.operators import project_data_ball_relaxed
+from fpntools.solve_config import SolveConfig, make_fixed_point
 from problems.ct.geometry import DEFAULT_NOISE
 from problems.ct.prior import ReferenceConditioner
 
 __all__ = [
     "FFPNConfig",
+    "FFPN_SOLVE",
+    "UNROLLED_STEPS",
+    "MODEL_KINDS",
+    "default_solve",
+    "solve_kind",
     "conv_operator_norm",
     "LipschitzCNN",
     "CTFeasibilityOperator",
     "FFPN",
-    "UnrolledCT",
-    "relaxed_data_projection",
     "build_model",
 ]
+
+#: the F-FPN's solve: Anderson (memory 5) to relative residual 1e-3 in training (at most 50 steps) and 1e-4 in
+#: eval (at most 100), Jacobian-free backpropagation.
+FFPN_SOLVE = SolveConfig(solver="anderson", backward="jfb", tol=1e-3, max_iter=50, anderson_m=5, eval_tol=1e-4,
+                         eval_max_iter=100)
+#: steps of the unrolled baseline.
+UNROLLED_STEPS = 10
+MODEL_KINDS = ("ffpn", "unrolled")
+
+# size limits of the architecture (a weights file asking for more is refused before anything is allocated)
+_MAX_CHANNELS, _MAX_LAYERS, _MAX_LEVELS = 1024, 64, 8
 
 
 # ============================================================================================ config
 @dataclass
 class FFPNConfig:
-    """Architecture and solver settings shared by :class:`FFPN` and :class:`UnrolledCT`.
+    """Architecture of the map ``T_theta`` of :class:`FFPN` (the F-FPN and the unrolled network alike).
 
     Attributes:
         channels: hidden channels of ``Phi_theta``.
@@ -98,9 +115,9 @@ class FFPNConfig:
         noise: assumed relative noise level (``eps = eps_factor * noise * ||y||``).
         eps_factor: data-ball radius factor.
         init: initial iterate: ``"fbp"`` (the reference reconstruction, despite the historical name), ``"zeros"``.
-        solver, backward, tol, max_iter, anderson_m: fixed-point settings (``fpntools.fixed_point``).
-        eval_tol, eval_max_iter: settings in eval mode.
-        unrolled_steps: number of steps of :class:`UnrolledCT`.
+
+    How the fixed point is solved and differentiated is not part of the architecture: :class:`FFPN` holds a
+    :class:`fpntools.SolveConfig` next to it.
     """
 
     channels: int = 16
@@ -123,18 +140,12 @@ class FFPNConfig:
     noise: float = DEFAULT_NOISE
     eps_factor: float = 1.0
     init: Literal["fbp", "zeros"] = "fbp"
-    solver: str = "anderson"
-    backward: str = "jfb"
-    tol: float = 1e-3
-    max_iter: int = 50
-    anderson_m: int = 5
-    eval_tol: float = 1e-4
-    eval_max_iter: int = 100
-    unrolled_steps: int = 10
 
     def __post_init__(self) -> None:
-        if self.layers < 2:
-            raise ValueError(f"layers must be >= 2, got {self.layers}")
+        if not 2 <= self.layers <= _MAX_LAYERS:
+            raise ValueError(f"layers must lie in [2, {_MAX_LAYERS}], got {self.layers}")
+        if not 1 <= self.channels <= _MAX_CHANNELS:
+            raise ValueError(f"channels must lie in [1, {_MAX_CHANNELS}], got {self.channels}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
         if not 0 < self.gamma < 1:
@@ -160,8 +171,9 @@ class FFPNConfig:
             raise ValueError("reference_tv_iters must be >= 1 and reference_tv_lam >= 0")
         if self.prior not in ("none", "unet"):
             raise ValueError(f"prior must be 'none' or 'unet', got {self.prior!r}")
-        if self.prior_width < 1 or self.prior_levels < 1:
-            raise ValueError("prior_width and prior_levels must be >= 1")
+        if not (1 <= self.prior_width <= _MAX_CHANNELS and 1 <= self.prior_levels <= _MAX_LEVELS):
+            raise ValueError(f"prior_width must lie in [1, {_MAX_CHANNELS}] and prior_levels in [1, {_MAX_LEVELS}], "
+                             f"got {self.prior_width} and {self.prior_levels}")
         if self.condition not in ("none", "fbp"):
             raise ValueError(f"condition must be 'none' or 'fbp', got {self.condition!r}")
         if abs(self.negative_slope) > 1:
@@ -172,8 +184,28 @@ class FFPNConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FFPNConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are a ``ValueError`` naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown F-FPN configuration keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def default_solve(kind: str, steps: int = UNROLLED_STEPS) -> SolveConfig:
+    """The solve of a model kind: :data:`FFPN_SOLVE` for ``"ffpn"``, ``SolveConfig.unrolled(steps)`` (exactly
+    ``steps`` Picard steps, backpropagation through all of them) for ``"unrolled"``."""
+    if kind == "ffpn":
+        return FFPN_SOLVE
+    if kind == "unrolled":
+        return SolveConfig.unrolled(steps)
+    raise ValueError(f"unknown model kind {kind!r}; use 'ffpn' or 'unrolled'")
+
+
+def solve_kind(solve: SolveConfig) -> str:
+    """``"unrolled"`` for a fixed number of differentiated steps (``backward="unroll"``, ``tol = 0``), else
+    ``"ffpn"`` (a fixed point solved to a tolerance)."""
+    return "unrolled" if solve.backward == "unroll" and solve.tol == 0 else "ffpn"
 
 
 # ============================================================================================ Lipschitz CNN
@@ -252,28 +284,12 @@ class LipschitzCNN(nn.Module):
         return self.apply(u, self.normalized())
 
 
-# ============================================================================================ data step
-def _bnorm(t: Tensor) -> Tensor:
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
-
-
-def relaxed_data_projection(v: Tensor, y: Tensor, op: Any, eps: Tensor, relaxation: float = 1.0) -> Tensor:
-    """Relaxed (subgradient) projection of ``v`` onto ``{u : ||A u - y|| <= eps}`` (batched; ``eps`` ``(B,)``).
-
-    ``v - lam (||r|| - eps)_+ ||r|| / ||A^T r||^2 A^T r`` with ``r = A v - y``; identity inside the ball.
-    """
-    r = op(v) - y
-    nr = _bnorm(r)
-    g = torch.relu(nr - eps.view_as(nr))
-    d = op.T(r)
-    nd2 = _bnorm(d).pow(2).view(-1, *([1] * (v.ndim - 1)))
-    coef = relaxation * g.view(-1, *([1] * (v.ndim - 1))) * nr.view(-1, *([1] * (v.ndim - 1)))
-    return v - coef / nd2.clamp_min(torch.finfo(v.dtype).tiny) * d
-
-
 # ============================================================================================ T_theta
 class CTFeasibilityOperator(nn.Module):
     """``T_theta(u; y) = P_box(P_data((1 - s) u + s K_theta(u)))``, see the module docstring.
+
+    ``forward(u, ctx)`` is the map in ``u`` for the per-solve quantities ``ctx = context(y)``; it is the layer of
+    the :class:`fpntools.FixedPoint` module of :class:`FFPN` (``initial_state(ctx)`` gives the first iterate).
 
     Args:
         op: the CT operator (``fpntools.operators.LinearOperator``; use the exact sparse one).
@@ -293,8 +309,14 @@ class CTFeasibilityOperator(nn.Module):
         if c.prior == "unet":
             self.prior = ReferenceConditioner([c.channels] * (c.layers - 1), c.prior_width, c.prior_levels,
                                         offset_scale=1 - c.gamma * (1 - c.beta_init))
-        self._landweber_step: float | None = None
+        self._op_norm: float | None = None
         self._fbp: Any = None
+
+    def op_norm(self) -> float:
+        """``||A||`` (:meth:`fpntools.operators.LinearOperator.norm`, computed once per model)."""
+        if self._op_norm is None:
+            self._op_norm = float(self.op.norm())
+        return self._op_norm
 
     # ----------------------------------------------------------------- pieces
     def context(self, y: Tensor, reference: Tensor | None = None) -> dict[str, Any]:
@@ -315,16 +337,15 @@ class CTFeasibilityOperator(nn.Module):
         return ctx
 
     def data_step(self, v: Tensor, y: Tensor, eps: Tensor) -> Tensor:
+        """``P_data``: the relaxed projection onto the data ball
+        (:func:`fpntools.operators.project_data_ball_relaxed`) or a Landweber step ``lam / ||A||^2``."""
         c = self.config
         if c.data_step == "relaxed":
-            return relaxed_data_projection(v, y, self.op, eps, c.relaxation)
-        if self._landweber_step is None:
-            from problems.ct.baselines import operator_norm
+            return project_data_ball_relaxed(v, self.op, y, eps, c.relaxation)
+        return v - (c.relaxation / self.op_norm() ** 2) * self.op.A_adjoint(self.op(v) - y)
 
-            self._landweber_step = c.relaxation / operator_norm(self.op) ** 2
-        return v - self._landweber_step * self.op.T(self.op(v) - y)
-
-    def T(self, u: Tensor, ctx: dict[str, Any]) -> Tensor:
+    def forward(self, u: Tensor, ctx: dict[str, Any]) -> Tensor:
+        """``T_theta(u; y)`` for the context ``ctx = context(y)``."""
         c = self.config
         k = c.gamma * self.phi.apply(u, ctx["weights"], ctx.get("cond"), ctx.get("gates"))
         if "offset" in ctx:
@@ -332,9 +353,6 @@ class CTFeasibilityOperator(nn.Module):
         v = k if c.step == 1.0 else (1 - c.step) * u + c.step * k
         v = self.data_step(v, ctx["y"], ctx["eps"])
         return v.clamp(0.0, 1.0)
-
-    def forward(self, u: Tensor, y: Tensor) -> Tensor:
-        return self.T(u, self.context(y))
 
     def _fbp_image(self, y: Tensor) -> Tensor | None:
         """Clipped Hann-filtered FBP of ``y``, or ``None`` (no geometry, or fan beam without CUDA)."""
@@ -352,22 +370,22 @@ class CTFeasibilityOperator(nn.Module):
     @torch.no_grad()
     def reference_image(self, y: Tensor) -> Tensor | None:
         """The reference reconstruction of ``y`` (batched), see ``FFPNConfig.reference``; ``None`` when it
-        needs an FBP that is unavailable (no geometry, fan beam without CUDA) and ``reference="fbp"``."""
+        needs an FBP that is unavailable (no geometry, fan beam without CUDA) and ``reference="fbp"``.
+        The TV reference runs exactly ``reference_tv_iters`` PDHG iterations."""
         c = self.config
         fbp = self._fbp_image(y)
         if c.reference == "fbp":
             return fbp
         from problems.ct.baselines import tv_reconstruct
 
-        return tv_reconstruct(y.detach(), self.op, lam=c.reference_tv_lam, n_iter=c.reference_tv_iters, x0=fbp)
+        return tv_reconstruct(y.detach(), self.op, lam=c.reference_tv_lam, n_iter=c.reference_tv_iters, x0=fbp,
+                              tol=0.0, op_norm=self.op_norm())
 
-    def initial(self, y: Tensor, ctx: dict[str, Any] | None = None) -> Tensor:
+    def initial_state(self, ctx: dict[str, Any]) -> Tensor:
         """Initial iterate: the reference reconstruction (``init="fbp"``) or zeros."""
-        if self.config.init == "fbp":
-            fbp = ctx.get("reference") if ctx is not None else None
-            fbp = fbp if fbp is not None else self.reference_image(y)
-            if fbp is not None:
-                return fbp
+        if self.config.init == "fbp" and ctx.get("reference") is not None:
+            return ctx["reference"]
+        y = ctx["y"]
         return y.new_zeros((y.shape[0], *self.op.in_shape))
 
 
@@ -387,55 +405,73 @@ def _as_image_batch(image: Tensor | None, batched: bool) -> Tensor | None:
 
 
 class FFPN(nn.Module):
-    """F-FPN: ``u* = T_theta(u*; y)`` solved by ``fpntools.fixed_point``; ``forward(y) -> (u*, info)``."""
+    """``u* = T_theta(u*; y)``: the F-FPN, or the unrolled baseline with ``solve=SolveConfig.unrolled(K)``.
 
-    def __init__(self, op: Any, config: FFPNConfig | None = None, geometry: Any = None) -> None:
+    ``forward(y) -> (u, info)`` with the engine's :class:`~fpntools.info.FixedPointInfo` (per-sample steps,
+    residuals, status). The solve is the :class:`fpntools.FixedPoint` module ``self.fp`` built from ``solve``
+    (default :data:`FFPN_SOLVE`); ``self.T`` is its layer, the map :class:`CTFeasibilityOperator`.
+
+    Args:
+        op: the CT operator.
+        config: the architecture (:class:`FFPNConfig`).
+        geometry: the acquisition geometry (for the FBP of the reference).
+        solve: the :class:`fpntools.SolveConfig` (see :func:`default_solve`).
+    """
+
+    def __init__(self, op: Any, config: FFPNConfig | None = None, geometry: Any = None,
+                 solve: SolveConfig | None = None) -> None:
         super().__init__()
-        self.T = CTFeasibilityOperator(op, config, geometry)
-        self.config = self.T.config
+        self.solve = solve if solve is not None else FFPN_SOLVE
+        self.fp = make_fixed_point(CTFeasibilityOperator(op, config, geometry), self.solve)
+
+    @property
+    def T(self) -> CTFeasibilityOperator:  # noqa: N802 - the paper's notation
+        """The fixed-point map ``T_theta``."""
+        return self.fp.layer  # type: ignore[return-value]
+
+    @property
+    def config(self) -> FFPNConfig:
+        return self.T.config
+
+    @property
+    def kind(self) -> str:
+        """``"ffpn"`` or ``"unrolled"`` (from the solve, :func:`solve_kind`)."""
+        return solve_kind(self.solve)
+
+    def describe(self) -> str:
+        """One line: the model kind and its solve."""
+        s = self.solve
+        if self.kind == "unrolled":
+            return f"unrolled network ({s.max_iter} {s.solver} steps)"
+        return (f"F-FPN ({s.solver}, {s.backward} gradients, tolerance {s.eval_tol if s.eval_tol is not None else s.tol:g}"
+                f" in at most {s.eval_max_iter or s.max_iter} steps)")
 
     def forward(self, y: Tensor, u0: Tensor | None = None, reference: Tensor | None = None
                 ) -> tuple[Tensor, FixedPointInfo]:
         """``(u*, info)`` for sinograms ``y``; ``reference``: precomputed :meth:`CTFeasibilityOperator.reference_image`
         of the same (batched) sinograms, e.g. cached across training epochs."""
-        c = self.config
         yb, batched = _as_batch(y, self.T.op)
         ctx = self.T.context(yb, _as_image_batch(reference, batched))
-        z0 = self.T.initial(yb, ctx) if u0 is None else _as_image_batch(u0, batched)
-        tol, max_iter = (c.tol, c.max_iter) if self.training else (c.eval_tol, c.eval_max_iter)
-        opts: dict[str, Any] = {"m": c.anderson_m} if c.solver == "anderson" else {}
-        u, info = fpntools.fixed_point(
-            lambda u: self.T.T(u, ctx), z0.detach(), solver=c.solver, backward=c.backward, tol=tol, max_iter=max_iter,
-            **opts,
-        )
+        u, info = self.fp(ctx, z0=None if u0 is None else _as_image_batch(u0, batched))
         # Anderson mixes iterates with possibly negative weights: the solver's iterate can leave the box by
-        # O(residual); T's range lies in the box, so project (a no-op at an exact fixed point).
+        # O(residual); T's range lies in the box, so project (a no-op at an exact fixed point and for Picard).
         u = u.clamp(0.0, 1.0)
         return (u if batched else u[0]), info
 
-
-class UnrolledCT(nn.Module):
-    """Unrolled baseline: ``u_{k+1} = T_theta(u_k; y)`` for ``k < unrolled_steps`` from the same initial
-    iterate, backpropagating through every step (same ``T_theta`` architecture as :class:`FFPN`)."""
-
-    def __init__(self, op: Any, config: FFPNConfig | None = None, geometry: Any = None) -> None:
-        super().__init__()
-        self.T = CTFeasibilityOperator(op, config, geometry)
-        self.config = self.T.config
-
-    def forward(self, y: Tensor, u0: Tensor | None = None, reference: Tensor | None = None) -> tuple[Tensor, None]:
-        yb, batched = _as_batch(y, self.T.op)
-        ctx = self.T.context(yb, _as_image_batch(reference, batched))
-        u = self.T.initial(yb, ctx) if u0 is None else _as_image_batch(u0, batched)
-        for _ in range(self.config.unrolled_steps):
-            u = self.T.T(u, ctx)
-        return (u if batched else u[0]), None
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,  # type: ignore[override]
+                              error_msgs):
+        # weights written before the model held a FixedPoint module (the shipped ones) name the map "T."
+        for key in [k for k in state_dict if k.startswith(prefix + "T.")]:
+            state_dict[prefix + "fp.layer." + key[len(prefix) + 2:]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
-def build_model(kind: Literal["ffpn", "unrolled"], op: Any, config: FFPNConfig | None = None, geometry: Any = None) -> nn.Module:
-    """``FFPN`` or ``UnrolledCT`` for ``op``."""
-    if kind == "ffpn":
-        return FFPN(op, config, geometry)
-    if kind == "unrolled":
-        return UnrolledCT(op, config, geometry)
-    raise ValueError(f"unknown model kind {kind!r}; use 'ffpn' or 'unrolled'")
+def build_model(kind: str, op: Any, config: FFPNConfig | None = None, geometry: Any = None,
+                solve: SolveConfig | None = None) -> FFPN:
+    """An :class:`FFPN` of ``kind`` (``"ffpn"`` or ``"unrolled"``) with the solve ``solve`` (default
+    :func:`default_solve` of the kind); ``solve`` must be of that kind."""
+    solve = solve if solve is not None else default_solve(kind)
+    if solve_kind(solve) != kind:
+        raise ValueError(f"a {kind} model needs a {kind} solve, got {solve}")
+    return FFPN(op, config, geometry, solve)

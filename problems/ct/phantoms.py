@@ -26,18 +26,20 @@ import torch
 from torch import Tensor
 
 from fpntools.training.checkpoint import atomic_write
+from problems.ct.cache import default_cache_dir
 from problems.ct.geometry import DEFAULT_NOISE, CTGeometry
 
 __all__ = [
     "EllipseConfig",
     "random_ellipses",
     "shepp_logan",
+    "PHANTOMS",
+    "make_phantoms",
     "simulate",
     "CTDataConfig",
     "CTSplit",
     "CTData",
     "make_dataset",
-    "default_cache_dir",
 ]
 
 
@@ -136,6 +138,23 @@ def shepp_logan(size: int = 128) -> np.ndarray:
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
+PHANTOMS = ("ellipses", "shepp-logan")
+
+
+def make_phantoms(kind: str, n: int = 1, size: int = 128, seed: int = 0) -> np.ndarray:
+    """``(n, size, size)`` phantoms of ``kind``: ``"ellipses"`` (:func:`random_ellipses`) or ``"shepp-logan"``
+    (one image, :func:`shepp_logan`); unknown kinds or ``n < 1`` are a one-line ``UserInputError``."""
+    from fpntools.errors import UserInputError
+
+    if n < 1:
+        raise UserInputError(f"the number of phantoms must be >= 1, got {n}")
+    if kind == "ellipses":
+        return random_ellipses(n, size, seed=seed)
+    if kind in ("shepp-logan", "shepp_logan", "shepp"):
+        return shepp_logan(size)[None]
+    raise UserInputError(f"unknown phantom {kind!r}; use one of {', '.join(PHANTOMS)}")
+
+
 # --------------------------------------------------------------------------------------------- measurements
 def simulate(
     images: np.ndarray | Tensor,
@@ -176,13 +195,6 @@ def simulate(
 
 
 # --------------------------------------------------------------------------------------------- data sets
-def default_cache_dir() -> Path:
-    """``$FPNTOOLS_CACHE/ct`` or ``~/.cache/fpntools/ct``."""
-    root = os.environ.get("FPNTOOLS_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "fpntools"
-    return base / "ct"
-
-
 @dataclass(frozen=True)
 class CTDataConfig:
     """A simulated CT data set: phantoms, geometry, noise and split sizes.

@@ -37,7 +37,7 @@ from torch import Tensor
 from fpntools.training.checkpoint import atomic_write
 from fpntools.operators.linear import LinearOperator, SparseOperator
 from problems.ct.geometry import CTGeometry
-from problems.ct.phantoms import default_cache_dir
+from problems.ct.cache import default_cache_dir
 
 __all__ = ["AstraProjector", "projection_matrix", "ct_operator", "astra_has_cuda"]
 
@@ -170,7 +170,7 @@ def projection_matrix(
     sinogram and the image).
 
     The matrix is exported once with ``astra.projector.matrix`` and cached as
-    ``<cache_dir>/ct_matrix_<geometry key>.npz`` (default :func:`~problems.ct.phantoms.default_cache_dir`),
+    ``<cache_dir>/ct_matrix_<geometry key>.npz`` (default :func:`~problems.ct.cache.default_cache_dir`),
     written atomically. A corrupt or mismatched cache file is rebuilt.
     """
     import astra
