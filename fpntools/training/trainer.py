@@ -194,8 +194,8 @@ class BatchSource(Protocol):
     """Generated or augmented training data: ``len`` samples per epoch, ``batch(idx, generator)`` builds one.
 
     ``idx`` are the sample indices of this process's shard of the global batch; ``generator`` is a CPU
-    ``torch.Generator`` seeded from ``(seed, epoch, batch index)``: draw all randomness from it and the run
-    is reproducible and resumes exactly.
+    ``torch.Generator`` seeded from ``(seed, epoch, batch index)`` (and the rank under torchrun): draw all
+    randomness from it and the run is reproducible and resumes exactly.
     """
 
     def __len__(self) -> int: ...
@@ -495,7 +495,9 @@ class Trainer:
 
     def _batch(self, shard: Tensor) -> Any:
         if self.is_source:
-            g = torch.Generator().manual_seed(_mix(self.config.seed, self.epoch, self.batch_index))
+            # under torchrun each rank draws its own stream (identical noise on every shard would correlate them)
+            parts = (self.config.seed, self.epoch, self.batch_index) + ((self.ctx.rank,) if self.ctx.enabled else ())
+            g = torch.Generator().manual_seed(_mix(*parts))
             return self.train_data.batch(shard, g)  # type: ignore[union-attr]
         return _fetch(self.train_data, shard)  # type: ignore[arg-type]
 
@@ -620,6 +622,8 @@ class Trainer:
         bar = None
         try:
             while self.epoch < c.epochs and reason == "done":
+                if c.max_minutes > 0:  # the evaluation may have used up the budget; every rank decides alike
+                    self._time_flag = all_reduce_sums([self._time_up()], self.ctx)[0] > 0
                 order = self._order(self.epoch)
                 bar = tqdm(total=self.steps_per_epoch, initial=self.batch_index, desc=f"epoch {self.epoch + 1}/{c.epochs}",
                            disable=not (c.progress and self.ctx.is_main), leave=False, file=sys.stderr)
