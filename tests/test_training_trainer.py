@@ -307,3 +307,15 @@ def test_cuda_run_resumes_exactly(tmp_path, monkeypatch):
     model, res = _fit(tmp_path / "a", data, evaluate=ev, device="cuda", resume=True)
     assert torch.equal(_params(model), _params(ref_model))
     assert [h["val_acc"] for h in res.history] == [h["val_acc"] for h in ref.history]
+
+
+def test_run_config_with_paths_and_tuples_resumes(tmp_path):
+    from pathlib import Path
+
+    rc = {"data": Path("/some/where"), "sizes": (3, 4)}
+    Trainer(_model(), task_loss("classification"), _data(), _cfg(tmp_path, max_steps=1), log=None,
+            run_config=rc).fit()
+    res = Trainer(_model(), task_loss("classification"), _data(), _cfg(tmp_path, resume=True), log=None,
+                  run_config=rc).fit()
+    assert res.completed
+    assert json.loads((tmp_path / "config.json").read_text())["sizes"] == [3, 4]

@@ -28,6 +28,7 @@ exactly: an interrupted-then-resumed run ends with the parameters of an uninterr
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import os
 import sys
@@ -306,7 +307,9 @@ class Trainer:
         self.device = self.ctx.device
         self.loss_fn, self.train_data, self.evaluate_fn = loss_fn, train_data, evaluate
         self.hooks = list(hooks)
-        self.run_config = dict(run_config or {})
+        # as JSON sees it (Paths become strings, tuples lists): what config.json holds, what the checkpoint
+        # stores (loadable with weights_only=True) and what a resumed run is compared with
+        self.run_config = json.loads(json.dumps(dict(run_config or {}), default=str))
         self.log = log if self.ctx.is_main else None
         self.run_dir = Path(config.run_dir) if config.run_dir is not None else None
         self.is_source = _is_source(train_data)
@@ -469,8 +472,6 @@ class Trainer:
             return "unreadable"
 
     def _write_json(self, name: str, obj: Any) -> None:
-        import json
-
         assert self.run_dir is not None
         atomic_write_bytes(self.run_dir / name, (json.dumps(obj, indent=1, default=str) + "\n").encode())
 
