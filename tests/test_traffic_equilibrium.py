@@ -43,6 +43,11 @@ def test_bpr_calculus():
         np.testing.assert_allclose(cost(x), bpr(x, t0, b, c, power) + k)
         np.testing.assert_allclose(cost.derivative(x), bpr_derivative(x, t0, b, c, power))
         np.testing.assert_allclose(cost.integral(x), bpr_integral(x, t0, b, c, power, k))
+        d = rng.normal(size=50) * 100
+        g, h = cost.directional(x, d, 0.3)
+        y = np.maximum(x + 0.3 * d, 0)
+        assert g == pytest.approx(float((bpr(y, t0, b, c, power) + k) @ d), rel=1e-12)
+        assert h == pytest.approx(float((bpr_derivative(y, t0, b, c, power) * d) @ d), rel=1e-12)
 
 
 def test_bpr_one_definition_numpy_and_torch():
