@@ -94,7 +94,8 @@ def train(
     steps: int = typer.Option(2000, help="batches in total (of --batch patches)"),
     batch: int = typer.Option(32, help="patches per batch"),
     patch: int = typer.Option(32, help="patch side"),
-    lr: float = typer.Option(2e-3, help="Adam learning rate (x0.1 for the last 15% of the steps or of --minutes)"),
+    lr: float = typer.Option(2e-3, help="Adam learning rate (x0.1 after --lr-drop of the steps or of --minutes)"),
+    lr_drop: float = typer.Option(0.85, help="fraction of the run after which the learning rate drops x0.1 (1: never)"),
     latent_weight: float = typer.Option(1e-3, help="weight of the latent penalty mean ||E(y)||^2"),
     channels: int = typer.Option(32, help="state channels of a fresh decoder"),
     latent_channels: int = typer.Option(8, help="latent channels of a fresh decoder"),
@@ -119,7 +120,7 @@ def train(
     from problems.imaging.train import train_command
 
     _run(lambda: typer.echo(train_command(
-        run_dir=run_dir, out=out or None, minutes=minutes, steps=steps, batch=batch, patch=patch, lr=lr,
+        run_dir=run_dir, out=out or None, minutes=minutes, steps=steps, batch=batch, patch=patch, lr=lr, lr_drop=lr_drop,
         latent_weight=latent_weight, channels=channels, latent_channels=latent_channels, encoder_width=encoder_width,
         init=init or None, activation=activation or None, jac_weight=jac_weight, jac_prob=jac_prob,
         joint_fraction=joint_fraction, joint_iters=joint_iters, joint_backward=joint_backward,

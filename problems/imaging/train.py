@@ -293,7 +293,7 @@ class _DecoderRun:
 
     def on_step(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         self.joint_batches += int(round(metrics.get("joint", 0.0)))
-        if self.dropped:
+        if self.dropped or self.cfg.lr_drop >= 1.0:
             return
         frac = trainer.step / self.cfg.steps
         if self.cfg.minutes > 0:
