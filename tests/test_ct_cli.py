@@ -313,3 +313,10 @@ def test_cli_tune_tv_prints_the_validation_table(tmp_path) -> None:
     best = float(r.output.split("best lam = ")[1].split()[0])
     psnrs = {float(line.split()[1].rstrip(":")): float(line.split("PSNR ")[1].split()[0]) for line in rows}
     assert max(psnrs, key=psnrs.get) == pytest.approx(best, rel=1e-3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_train_device_cuda_without_cuda_is_one_line(tmp_path) -> None:
+    r = _top(["train", "--device", "cuda", "--out", str(tmp_path / "w.safetensors"), *GEOM_ARGS])
+    assert r.exit_code == EXIT_USER_ERROR and "CUDA is not available" in r.output and r.output.count("\n") == 1
+    assert not (tmp_path / "w.safetensors").exists()

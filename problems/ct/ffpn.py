@@ -180,14 +180,12 @@ class FFPNConfig:
             raise ValueError("negative_slope must satisfy |slope| <= 1 (1-Lipschitz activation)")
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; :meth:`from_dict` inverts it (unknown keys are a ``ValueError`` naming them)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FFPNConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are a ``ValueError`` naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
+        if unknown := sorted(set(d) - {f.name for f in dataclasses.fields(cls)}):
             raise ValueError(f"unknown F-FPN configuration keys: {', '.join(unknown)}")
         return cls(**d)
 
@@ -318,6 +316,12 @@ class CTFeasibilityOperator(nn.Module):
             self._op_norm = float(self.op.norm())
         return self._op_norm
 
+    @property
+    def uses_reference(self) -> bool:
+        """Whether the map needs the reference reconstruction (conditioning, initial iterate or prior)."""
+        c = self.config
+        return c.condition == "fbp" or c.init == "fbp" or self.prior is not None
+
     # ----------------------------------------------------------------- pieces
     def context(self, y: Tensor, reference: Tensor | None = None) -> dict[str, Any]:
         """Per-solve quantities: normalised weights, ``eps`` per sinogram, the reference reconstruction
@@ -326,7 +330,7 @@ class CTFeasibilityOperator(nn.Module):
         c = self.config
         eps = c.eps_factor * c.noise * y.flatten(1).norm(dim=1)
         ctx: dict[str, Any] = {"weights": self.phi.normalized(), "eps": eps, "y": y}
-        if c.condition == "fbp" or c.init == "fbp" or self.prior is not None:
+        if self.uses_reference:
             ref = reference if reference is not None else self.reference_image(y)
             ref = ref if ref is not None else y.new_zeros((y.shape[0], *self.op.in_shape))
             ctx["reference"] = ref

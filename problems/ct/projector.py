@@ -173,8 +173,6 @@ def projection_matrix(
     ``<cache_dir>/ct_matrix_<geometry key>.npz`` (default :func:`~problems.ct.cache.default_cache_dir`),
     written atomically. A corrupt or mismatched cache file is rebuilt.
     """
-    import astra
-
     geometry = geometry or CTGeometry()
     shape = (geometry.n_angles * geometry.n_detectors, geometry.image_size**2)
     path = _matrix_path(geometry, cache_dir)
@@ -185,6 +183,8 @@ def projection_matrix(
                 return W.astype(np.float32)
         except Exception:
             pass
+    import astra  # only to export a matrix that is not cached yet
+
     h = _AstraHandle(geometry, "cpu")
     mid = astra.projector.matrix(h.pid)
     try:

@@ -126,7 +126,9 @@ def evaluate(model: FFPN, images: Tensor, sinograms: Tensor, batch_size: int = 1
 def reference_images(model: FFPN, sinograms: Tensor, batch_size: int = 64) -> Tensor | None:
     """The model's reference reconstructions (FBP or a short TV solve; parameter-free) of all ``sinograms``
     (on the model's device, returned on the CPU), computed once so that training epochs do not repeat them;
-    ``None`` when the model has none."""
+    ``None`` when the model has none or does not use it."""
+    if not model.T.uses_reference:
+        return None
     dev = next(model.parameters()).device
     parts = []
     for i in range(0, sinograms.shape[0], batch_size):
@@ -167,7 +169,7 @@ def train(
             CTDataConfig(geometry=geometry, n_train=cfg.n_train, n_val=cfg.n_val, n_test=1, seed=cfg.seed),
             cache_dir=cache_dir,
         )
-    op = ct_operator(geometry, cache_dir=cache_dir).to(device)
+    op = ct_operator(geometry, cache_dir=cache_dir, device=device)
     torch.manual_seed(cfg.seed)  # the initial weights
     try:
         model = build_model(cfg.model, op, mcfg, geometry, solve).to(device)
