@@ -1,45 +1,27 @@
 """The ``fpntools`` console command.
 
 Subcommands: ``info`` (versions and working backends), ``bench`` (benchmarks), and one subcommand per
-application: every ``problems/<name>/cli.py`` that defines a typer ``app`` becomes ``fpntools <name>``,
-so a new problem needs only its own folder. Problem CLIs are imported lazily (only the one invoked).
+application, discovered through the installed entry points of the group ``fpntools.commands`` (see
+:mod:`fpntools.plugins`; the applications declare theirs in ``pyproject.toml``). ``fpntools`` never imports an
+application by name: ``fpntools --help`` lists every command with its one-line help read from the source,
+and only the command that is invoked is imported.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from pathlib import Path
-
 import typer
-from typer.core import TyperGroup
+
+from fpntools.plugins import PluginGroup
 
 __all__ = ["app", "main"]
 
 
-def _problem_names() -> list[str]:
-    import problems
+class _TopLevel(PluginGroup):
+    """The top-level group: plugins of ``fpntools.commands`` (with the fallback scan); user errors end as one
+    line and an exit code."""
 
-    names = []
-    for mod in pkgutil.iter_modules(problems.__path__):
-        # look for the file: find_spec("problems.x.cli") would import problems/x/__init__.py (and maybe torch)
-        if mod.ispkg and (Path(mod.module_finder.path) / mod.name / "cli.py").is_file():
-            names.append(mod.name)
-    return sorted(names)
-
-
-class _LazyGroup(TyperGroup):
-    """Adds ``fpntools <problem>`` groups on demand, importing only the problem that is invoked."""
-
-    def list_commands(self, ctx):  # type: ignore[override]
-        return sorted(set(super().list_commands(ctx)) | set(_problem_names()))
-
-    def get_command(self, ctx, name):  # type: ignore[override]
-        cmd = super().get_command(ctx, name)
-        if cmd is not None or name not in _problem_names():
-            return cmd
-        sub = importlib.import_module(f"problems.{name}.cli").app
-        return typer.main.get_command(sub)
+    plugin_group = "fpntools.commands"
+    plugin_fallback = True
 
     def invoke(self, ctx):  # type: ignore[override]
         from fpntools.cli_support import EXIT_NOT_USABLE, EXIT_USER_ERROR, NotUsableError
@@ -56,7 +38,7 @@ class _LazyGroup(TyperGroup):
 
 
 app = typer.Typer(
-    cls=_LazyGroup,
+    cls=_TopLevel,
     help="fpntools: fixed-point networks, operators and their applications (CT, traffic, games, imaging).",
     no_args_is_help=True,
     add_completion=False,
@@ -90,5 +72,5 @@ _register_bench()
 
 
 def main() -> None:
-    """Console entry point (user errors become a one-line message and exit code 2, see ``_LazyGroup``)."""
+    """Console entry point (user errors become a one-line message and exit code 2, see ``_TopLevel``)."""
     app()

@@ -1,12 +1,16 @@
 """``fpntools bench engine``: fpntools vs torchdeq on the same DEQ layers, measured side by side.
 
 Both libraries solve ``z = f(z, x)`` with Anderson acceleration (memory 6, regularisation 1e-4, no damping)
-to the same relative tolerance and differentiate it implicitly (adjoint solved by Anderson to the same
-relative tolerance). Runs are interleaved (fpntools, torchdeq, fpntools, ...) and the median is reported.
+to the same relative tolerance ``||f(z) - z|| / ||f(z)|| <= tol`` (both stop when every sample is below it;
+steps are evaluations of ``f``) and differentiate it implicitly (adjoint solved by Anderson to relative
+tolerance ``tol / 100``). Timed runs are interleaved (fpntools, torchdeq, fpntools, ...) and the median is
+reported.
 
-Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` during forward+backward; on CPU the bytes of
-tensors autograd saves for the backward pass (``torch.autograd.graph.saved_tensors_hooks``), which is what
-grows with depth and what the DEQ saves.
+Memory: the peak of all tensor memory allocated during one forward+backward above what was allocated
+before it (:class:`fpntools.bench.memory.PeakMemory`: ``torch.cuda.max_memory_allocated`` on CUDA, every
+allocation event of the CPU allocator recorded by the torch profiler on CPU), so solver buffers, saved
+activations, gradients and temporaries all count; measured in a separate run (the profiler slows it down)
+and also given in units of one state (``state copies``).
 
 Gradient agreement is measured separately in float64 with tight tolerances (1e-11 forward and backward),
 as the largest relative difference over all parameter gradients of a random linear readout loss.
@@ -14,6 +18,7 @@ as the largest relative difference over all parameter gradients of a random line
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -24,9 +29,10 @@ from torch import Tensor, nn
 
 import fpntools
 from fpntools.backward import Implicit
+from fpntools.bench.memory import PeakMemory
 from fpntools.solvers import Anderson
 
-__all__ = ["MLPLayer", "ConvLayer", "BenchRow", "run", "measure"]
+__all__ = ["MLPLayer", "ConvLayer", "BenchRow", "run", "measure", "measure_memory"]
 
 
 class MLPLayer(nn.Module):
@@ -76,38 +82,17 @@ class ConvLayer(nn.Module):
 
 @dataclass
 class BenchRow:
+    """One library on one layer: median times (ms), steps (evaluations of ``f``), peak memory."""
+
     layer: str
     library: str
     forward_ms: float
     backward_ms: float
     forward_steps: float
     backward_steps: float
-    memory_mb: float
+    peak_mb: float
+    state_copies: float
     grad_rel_diff: float | None = None
-
-
-class _SavedBytes:
-    """Counts bytes of activations saved for backward while active (parameters, which are stored anyway,
-    and repeated saves of one tensor are not counted)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.bytes = 0
-        self._seen = {p.data_ptr() for p in module.parameters()}
-
-    def __enter__(self) -> "_SavedBytes":
-        def pack(t: Tensor) -> Tensor:
-            key = t.data_ptr()
-            if key not in self._seen:
-                self._seen.add(key)
-                self.bytes += t.numel() * t.element_size()
-            return t
-
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
 
 
 def _sync(device: str) -> None:
@@ -150,33 +135,43 @@ def _torchdeq_step(layer: nn.Module, x: Tensor, tol: float, btol: float, max_ite
 LIBRARIES: dict[str, Callable] = {"fpntools": _fpntools_step, "torchdeq": _torchdeq_step}
 
 
+def _readout(layer: nn.Module, x: Tensor) -> Tensor:
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    return torch.randn(layer.initial_state(x).shape, generator=gen, dtype=x.dtype, device=x.device)
+
+
 def measure(
     layer: nn.Module, library: str, x: Tensor, tol: float, btol: float, max_iter: int, device: str
-) -> tuple[float, float, float, float, float]:
-    """One timed forward+backward: (forward s, backward s, forward steps, backward steps, memory MB)."""
+) -> tuple[float, float, float, float]:
+    """One timed forward+backward: (forward s, backward s, forward steps, backward steps)."""
     step = LIBRARIES[library]
     layer.zero_grad(set_to_none=True)
-    gen = torch.Generator(device=x.device).manual_seed(0)
-    readout = torch.randn(layer.initial_state(x).shape, generator=gen, dtype=x.dtype, device=x.device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+    readout = _readout(layer, x)
     _sync(device)
     t0 = time.perf_counter()
-    with _SavedBytes(layer) as saved:
-        z, steps, _ = step(layer, x, tol, btol, max_iter)
-        loss = _loss(z, readout)
+    z, steps, _ = step(layer, x, tol, btol, max_iter)
+    loss = _loss(z, readout)
     _sync(device)
     t1 = time.perf_counter()
     loss.backward()
     _sync(device)
     t2 = time.perf_counter()
-    if device.startswith("cuda"):
-        mem = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        mem = saved.bytes / 2**20
     fs, bs = steps()
-    return t1 - t0, t2 - t1, fs, bs, mem
+    return t1 - t0, t2 - t1, fs, bs
+
+
+def measure_memory(
+    layer: nn.Module, library: str, x: Tensor, tol: float, btol: float, max_iter: int, device: str
+) -> tuple[float, float]:
+    """Peak memory of one forward+backward above the inputs: (MB, in units of one state)."""
+    step = LIBRARIES[library]
+    layer.zero_grad(set_to_none=True)
+    readout = _readout(layer, x)
+    with PeakMemory(device) as pm:
+        z, _, _ = step(layer, x, tol, btol, max_iter)
+        _loss(z, readout).backward()
+        del z
+    return pm.peak_mb, pm.peak_bytes / (readout.numel() * readout.element_size())
 
 
 def _loss(z: Tensor, readout: Tensor) -> Tensor:
@@ -204,9 +199,13 @@ DEFAULT_LAYERS: dict[str, Callable[[], nn.Module]] = {"mlp (256)": MLPLayer, "co
 
 def run(batch: int = 64, repeats: int = 5, tol: float = 1e-4, device: str = "cpu", btol: float | None = None,
         max_iter: int = 100, print_table: bool = True,
-        layers: dict[str, Callable[[], nn.Module]] | None = None) -> list[BenchRow]:
+        layers: dict[str, Callable[[], nn.Module]] | None = None, threads: int = 0,
+        memory: bool = True) -> list[BenchRow]:
     """Run the benchmark on ``layers`` (name -> factory; default: the two layers above), print the table and
-    return the rows."""
+    return the rows. ``threads > 0`` sets torch's intra-op threads; ``memory=False`` skips the (profiled)
+    memory runs (peak columns NaN)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
     try:
         import torchdeq  # noqa: F401
 
@@ -226,11 +225,12 @@ def run(batch: int = 64, repeats: int = 5, tol: float = 1e-4, device: str = "cpu
         for _ in range(repeats):
             for lib in libraries:
                 samples[lib].append(measure(layer, lib, x, tol, btol, max_iter, device))
+        mem = {lib: (measure_memory(layer, lib, x, tol, btol, max_iter, device) if memory else (math.nan, math.nan))
+               for lib in libraries}
         agree = gradient_agreement(factory, min(batch, 8), device) if "torchdeq" in libraries else None
         for lib in libraries:
-            cols = list(zip(*samples[lib]))
-            med = [statistics.median(c) for c in cols]
-            rows.append(BenchRow(name, lib, 1e3 * med[0], 1e3 * med[1], med[2], med[3], med[4],
+            med = [statistics.median(c) for c in zip(*samples[lib])]
+            rows.append(BenchRow(name, lib, 1e3 * med[0], 1e3 * med[1], med[2], med[3], mem[lib][0], mem[lib][1],
                                  agree if lib == "fpntools" else None))
     if print_table:
         _print(rows, batch, tol, btol, repeats, device)
@@ -241,11 +241,12 @@ def _print(rows: list[BenchRow], batch: int, tol: float, btol: float, repeats: i
     from rich.console import Console
     from rich.table import Table
 
-    mem_kind = "peak CUDA MB" if device.startswith("cuda") else "saved-for-backward MB"
+    mem_kind = "CUDA max_memory_allocated" if device.startswith("cuda") else "CPU, every allocation (profiler)"
     table = Table(title=f"DEQ engine: batch {batch}, Anderson(m=6), rel tol {tol:g} fwd / {btol:g} bwd, "
-                        f"median of {repeats}, {device}, {torch.get_num_threads()} threads")
-    for col in ["layer", "library", "forward ms", "backward ms", "fwd+bwd ms", "ratio", "fwd steps",
-                "bwd steps", mem_kind, "grad rel diff (f64)"]:
+                        f"median of {repeats}, {device}, {torch.get_num_threads()} threads; peak memory of "
+                        f"forward+backward above the inputs ({mem_kind})")
+    for col in ["layer", "library", "forward ms", "fwd ratio", "backward ms", "fwd+bwd ms", "total ratio",
+                "fwd steps", "bwd steps", "peak MB", "state copies", "grad rel diff (f64)"]:
         table.add_column(col, justify="right" if col not in ("layer", "library") else "left")
     by_layer: dict[str, dict[str, BenchRow]] = {}
     for r in rows:
@@ -254,8 +255,9 @@ def _print(rows: list[BenchRow], batch: int, tol: float, btol: float, repeats: i
         ref = libs.get("torchdeq")
         for lib, r in libs.items():
             total = r.forward_ms + r.backward_ms
+            fwd_ratio = f"{r.forward_ms / ref.forward_ms:.2f}x" if ref is not None else "-"
             ratio = f"{total / (ref.forward_ms + ref.backward_ms):.2f}x" if ref is not None else "-"
-            table.add_row(layer, lib, f"{r.forward_ms:.1f}", f"{r.backward_ms:.1f}", f"{total:.1f}", ratio,
-                          f"{r.forward_steps:.0f}", f"{r.backward_steps:.0f}", f"{r.memory_mb:.2f}",
-                          "-" if r.grad_rel_diff is None else f"{r.grad_rel_diff:.1e}")
-    Console(width=200).print(table)
+            table.add_row(layer, lib, f"{r.forward_ms:.1f}", fwd_ratio, f"{r.backward_ms:.1f}", f"{total:.1f}", ratio,
+                          f"{r.forward_steps:.0f}", f"{r.backward_steps:.0f}", f"{r.peak_mb:.2f}",
+                          f"{r.state_copies:.1f}", "-" if r.grad_rel_diff is None else f"{r.grad_rel_diff:.1e}")
+    Console(width=220).print(table)

@@ -16,8 +16,12 @@ separate runs. :func:`state_copies` reports a peak in units of one state's bytes
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -62,8 +66,10 @@ class PeakMemory:
         elif dev.type == "cpu":
             from torch.profiler import ProfilerActivity, profile
 
+            _warm_up_profiler()
             self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-            self._prof.__enter__()
+            with _quiet_stderr():  # kineto prints "profiler_start" / "profiler_stop" on stderr
+                self._prof.__enter__()
             self.method = "cpu profiler allocation events"
         else:
             raise ValueError(f"PeakMemory supports cpu and cuda devices, got {dev}")
@@ -75,7 +81,8 @@ class PeakMemory:
             torch.cuda.synchronize(dev)
             self.peak_bytes = max(0, torch.cuda.max_memory_allocated(dev) - self._base)
             return
-        self._prof.__exit__(*exc)
+        with _quiet_stderr():
+            self._prof.__exit__(*exc)
         if exc[0] is not None:
             return
         deltas = []
@@ -84,6 +91,38 @@ class PeakMemory:
                 deltas.append((e.start_ns(), e.nbytes()))
         self._prof = None
         self.peak_bytes = peak_bytes_of_events(deltas)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C++ libraries write there directly) for the duration of the block."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable descriptor 2: nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@functools.lru_cache(maxsize=None)
+def _warm_up_profiler() -> None:
+    """Start the profiler once, quietly, and free inside it a block allocated before it: the CPU allocator's
+    one-time warning about such blocks (their frees are not matched by an allocation event, which the running
+    sum handles) and kineto's first-use messages then do not reach the user's terminal."""
+    from torch.profiler import ProfilerActivity, profile
+
+    block = torch.empty(1)
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+            del block
 
 
 def state_bytes(z: Tensor | tuple | list) -> int:

@@ -9,12 +9,12 @@ penalty of Bai, Koltun & Kolter 2021 when it is switched on) that the training l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from fpntools.errors import UserInputError
+from fpntools.checks import check_tensor
 from fpntools.fixed_point import FixedPoint
 from fpntools.info import FixedPointInfo
 from fpntools.solve_config import JacobianRegConfig, SolveConfig, make_fixed_point
@@ -70,40 +70,3 @@ def fixed_point_modules(model: nn.Module) -> list[FixedPoint]:
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def check_tensor(
-    x: Any,
-    name: str,
-    *,
-    ndim: int | Sequence[int],
-    floating: bool | None = True,
-    shape: dict[int, int] | None = None,
-    hint: str = "",
-) -> Tensor:
-    """Validate a model input and raise :class:`~fpntools.errors.UserInputError` naming the problem.
-
-    ``ndim``: allowed numbers of dimensions; ``floating``: require a float (True) / integer (False) dtype;
-    ``shape``: required sizes of some dimensions (negative indices allowed).
-    """
-    hint = f" ({hint})" if hint else ""
-    if not isinstance(x, Tensor):
-        raise UserInputError(f"{name} must be a torch.Tensor, got {type(x).__name__}{hint}")
-    dims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-    if x.dim() not in dims:
-        want = " or ".join(str(d) for d in dims)
-        raise UserInputError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}{hint}")
-    if floating is True and not x.is_floating_point():
-        raise UserInputError(f"{name} must be floating point, got dtype {x.dtype}{hint}")
-    if floating is False and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
-        raise UserInputError(f"{name} must hold integer ids, got dtype {x.dtype}{hint}")
-    for dim, size in (shape or {}).items():
-        if x.shape[dim] != size:
-            raise UserInputError(
-                f"{name} has size {x.shape[dim]} in dimension {dim}, expected {size}; shape {tuple(x.shape)}{hint}"
-            )
-    if x.shape[0] == 0:
-        raise UserInputError(f"{name} has an empty batch{hint}")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise UserInputError(f"{name} contains NaN or infinite values{hint}")
-    return x

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fpntools.checks import check_tensor as _check_tensor
+
 
 def per_sample(v: float | Tensor, x: Tensor, name: str) -> Tensor:
     """A per-sample scalar as a tensor broadcastable to ``x`` (same dtype/device).
@@ -25,10 +27,8 @@ def per_sample(v: float | Tensor, x: Tensor, name: str) -> Tensor:
 
 
 def check_tensor(x: Any, name: str, min_ndim: int = 1) -> None:
-    """Raise ``TypeError`` / ``ValueError`` unless ``x`` is a floating tensor with at least ``min_ndim`` dims."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.ndim < min_ndim:
-        raise ValueError(f"{name}: expected a batch of shape (B, ...) with at least {min_ndim} dims, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    """Operator inputs: :func:`fpntools.checks.check_tensor` requiring a floating tensor with at least
+    ``min_ndim`` dims; no finiteness or empty-batch test (operators run inside solver loops, where that pass
+    and its sync would cost every iteration). Wrong type or dtype: ``InputTypeError`` (a ``TypeError``);
+    too few dims: ``UserInputError`` (a ``ValueError``)."""
+    _check_tensor(x, name, min_ndim=min_ndim, finite=False, nonempty=False)

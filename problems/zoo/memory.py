@@ -1,11 +1,13 @@
 """Training memory of an equilibrium layer vs the same weight-tied layer unrolled explicitly.
 
-Method (CPU, exact for activations): every tensor autograd saves for the backward pass goes through
-``torch.autograd.graph.saved_tensors_hooks``; we add up the bytes of distinct storages, excluding the
-parameters (stored anyway). This is the memory that grows with depth in an explicit network. The DEQ runs
-its forward solve without a graph and keeps one application of ``f`` for the implicit backward, so its
-count does not depend on the number of iterations. On CUDA the peak of ``torch.cuda.max_memory_allocated``
-above the baseline is reported instead.
+Method: the peak of all tensor memory allocated during one forward+backward above what was allocated
+before it (:class:`fpntools.bench.memory.PeakMemory`): on CPU every allocation and free of the CPU allocator
+recorded by the torch profiler, on CUDA ``torch.cuda.max_memory_allocated``. This counts the activations
+autograd saves, the solver's working buffers (Anderson's history, the adjoint solve's), gradients and
+temporaries. The explicit network keeps every layer's activations for the backward pass, so its peak grows
+with depth; the DEQ solves without a graph, keeps one application of ``f`` for the implicit backward and
+solves the adjoint with a fixed-size history, so its peak does not depend on the number of iterations.
+Times come from a separate, unprofiled run.
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from fpntools.bench.memory import PeakMemory, state_bytes
 from fpntools.models import DEQTransformerLayer, MDEQLayer, SolveConfig, make_fixed_point, unroll
 
-__all__ = ["SavedTensorBytes", "MemoryRow", "measure_memory", "LAYERS"]
+__all__ = ["MemoryRow", "SavedTensorBytes", "measure_memory", "LAYERS", "METHOD_CPU", "METHOD_CUDA"]
+
+METHOD_CPU = "CPU: every allocation, torch profiler"
+METHOD_CUDA = "CUDA max_memory_allocated"
 
 
 class SavedTensorBytes:
-    """Context manager: bytes of distinct non-parameter tensors saved for backward while active."""
+    """Context manager: bytes of distinct non-parameter tensors saved for backward while active (the
+    activation memory alone, without solver buffers or temporaries; the ``lm`` table's "act. MB")."""
 
     def __init__(self, module: nn.Module) -> None:
         self.bytes = 0
@@ -53,6 +60,8 @@ class MemoryRow:
     deq_mb: float
     explicit_ms: float
     deq_ms: float
+    deq_copies: float = float("nan")
+    """The DEQ's peak in units of one state (all tensors of ``z``)."""
 
     @property
     def reduction(self) -> float:
@@ -82,39 +91,41 @@ def _loss(z) -> Tensor:
     return sum((t * t).mean() for t in zs)
 
 
-def _run(layer: nn.Module, inputs: tuple, depth: int, deq: bool, device: str) -> tuple[float, float]:
+def _step(layer: nn.Module, inputs: tuple, depth: int, deq: bool) -> Tensor:
+    """One training step's forward+backward; returns the initial state (for its size)."""
     cfg = SolveConfig(tol=1e-12, max_iter=depth, backward_tol=1e-12, backward_max_iter=depth)
-    fp = make_fixed_point(layer, cfg) if deq else None
     layer.zero_grad(set_to_none=True)
+    z0 = layer.initial_state(*inputs)
+    z = make_fixed_point(layer, cfg)(*inputs, z0=z0)[0] if deq else unroll(layer, z0, inputs, depth)
+    _loss(z).backward()
+    return z0
+
+
+def _run(layer: nn.Module, inputs: tuple, depth: int, deq: bool, device: str) -> tuple[float, float, float]:
+    """(peak MB, ms, peak in state copies) of one forward+backward; memory and time from separate runs."""
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
-    with SavedTensorBytes(layer) as saved:
-        z0 = layer.initial_state(*inputs)
-        z = fp(*inputs, z0=z0)[0] if deq else unroll(layer, z0, inputs, depth)
-        loss = _loss(z)
-    loss.backward()
+    _step(layer, inputs, depth, deq)
     if cuda:
         torch.cuda.synchronize()
-        mem = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        mem = saved.bytes / 2**20
-    return mem, 1e3 * (time.perf_counter() - t0)
+    ms = 1e3 * (time.perf_counter() - t0)
+    with PeakMemory(device) as pm:
+        z0 = _step(layer, inputs, depth, deq)
+    return pm.peak_mb, ms, pm.peak_bytes / state_bytes(z0)
 
 
 def measure_memory(depths: tuple[int, ...] = (5, 10, 20, 30, 50), batch: int = 8, device: str = "cpu",
                    layers: tuple[str, ...] | None = None) -> list[MemoryRow]:
-    """Memory and time of one forward+backward at each depth (solver iterations = explicit layers)."""
+    """Peak memory and time of one forward+backward at each depth (solver iterations = explicit layers)."""
     rows = []
     for name in layers or tuple(LAYERS):
         torch.manual_seed(0)
         layer, inputs = LAYERS[name](batch, device)
-        _run(layer, inputs, 2, True, device)  # warm-up (lazy imports, allocator) outside the timings
+        _step(layer, inputs, 2, True)  # warm-up (lazy imports, allocator) outside the measurements
         for d in depths:
-            em, et = _run(layer, inputs, d, False, device)
-            dm, dt = _run(layer, inputs, d, True, device)
-            rows.append(MemoryRow(name, d, em, dm, et, dt))
+            em, et, _ = _run(layer, inputs, d, False, device)
+            dm, dt, dc = _run(layer, inputs, d, True, device)
+            rows.append(MemoryRow(name, d, em, dm, et, dt, dc))
     return rows

@@ -1,9 +1,12 @@
 """``fpntools bench zoo``: the model-zoo claims, measured and printed as tables.
 
+The command is a plugin of ``fpntools bench`` (entry point ``zoo = "problems.zoo.bench:app"`` in the group
+``fpntools.bench``); :func:`run` computes and prints the tables.
+
 Sections (``--sections``, comma separated):
 
-* ``memory``: saved-for-backward activation bytes (CPU; peak CUDA memory on GPU) of one training step of a
-  DEQ layer vs the same weight-tied layer unrolled to the same number of iterations.
+* ``memory``: peak memory of one training step of a DEQ layer (solver buffers included) vs the same
+  weight-tied layer unrolled to the same number of iterations (:mod:`problems.zoo.memory`).
 * ``jfb``: FPN classifiers on digits (MLP and convolutional), JFB vs implicit backward at forward
   tolerances 1e-4 and 1e-3, the
   adjoint solved by Anderson (``"implicit"``) and by CG on the normal equations (``"implicit_cg"``, the JFB
@@ -16,7 +19,7 @@ Sections (``--sections``, comma separated):
 * ``lm``: DEQ-Transformer (with and without the Jacobian penalty) / DEQ-TrellisNet vs an explicit weight-tied transformer of the same size on a
   character-level corpus (CPython reference topics): perplexity, time, activation memory.
 
-The experiments live in :mod:`problems.zoo`.
+The experiments live in :mod:`problems.zoo.memory` and :mod:`problems.zoo.tasks`.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ import time
 from typing import Sequence
 
 import torch
+import typer
 
-__all__ = ["run", "SECTIONS"]
+from fpntools.errors import UserInputError
+
+__all__ = ["app", "run", "SECTIONS"]
 
 SECTIONS = ("memory", "jfb", "jacobian", "compare", "lm")
 
@@ -68,7 +74,7 @@ def run(sections: Sequence[str] = SECTIONS, quick: bool = False, device: str = "
 
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
-        raise ValueError(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+        raise UserInputError(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
     con = Console(width=200)
     ep = epochs if epochs is not None else (1 if quick else 10)
     out: dict[str, list] = {}
@@ -80,11 +86,13 @@ def run(sections: Sequence[str] = SECTIONS, quick: bool = False, device: str = "
             rows = memory.measure_memory(depths=depths, device=device)
             from problems.zoo.tasks import Row
 
-            trows = [Row(f"{r.layer}", {"depth / iters": r.depth, "explicit MB": r.explicit_mb, "DEQ MB": r.deq_mb,
-                                         "reduction %": 100 * r.reduction, "explicit ms": r.explicit_ms,
+            trows = [Row(f"{r.layer}", {"depth / iters": r.depth, "explicit peak MB": r.explicit_mb,
+                                         "DEQ peak MB": r.deq_mb, "reduction %": 100 * r.reduction,
+                                         "DEQ state copies": r.deq_copies, "explicit ms": r.explicit_ms,
                                          "DEQ ms": r.deq_ms}) for r in rows]
-            kind = "peak CUDA MB" if device.startswith("cuda") else "saved-for-backward activation MB"
-            con.print(_table(f"Training memory ({kind}), batch 8: DEQ vs explicit weight-tied unrolling", trows, "layer"))
+            kind = memory.METHOD_CUDA if device.startswith("cuda") else memory.METHOD_CPU
+            con.print(_table(f"Training memory (peak above the inputs, {kind}), batch 8: DEQ vs explicit "
+                             "weight-tied unrolling", trows, "layer"))
             out[s] = rows
             rows = trows
         elif s == "jfb":
@@ -113,3 +121,20 @@ def run(sections: Sequence[str] = SECTIONS, quick: bool = False, device: str = "
         out.setdefault(s, rows)
         con.print(f"[dim]{s}: {time.perf_counter() - t0:.0f} s[/dim]")
     return out
+
+
+app = typer.Typer(help="Model zoo claims: DEQ memory vs depth, JFB vs implicit, Jacobian regularisation, SIM/DEQ/MDEQ, char-LM.")
+
+
+@app.command("zoo")
+def command(
+    sections: str = typer.Option(",".join(SECTIONS), help="comma-separated sections to run"),
+    quick: bool = typer.Option(False, help="tiny smoke run (numbers not meaningful)"),
+    epochs: int = typer.Option(None, help="training epochs for the digits experiments (default 10)"),
+    lm_steps: int = typer.Option(None, help="training steps of the character-level LM (default 200)"),
+    device: str = typer.Option("cpu", help="cpu or cuda (memory section: peak CUDA memory)"),
+    seed: int = typer.Option(0, help="random seed"),
+) -> None:
+    """Model zoo claims: DEQ memory vs depth, JFB vs implicit, Jacobian regularisation, SIM/DEQ/MDEQ, char-LM."""
+    run(sections=[s.strip() for s in sections.split(",") if s.strip()], quick=quick, device=device, epochs=epochs,
+        lm_steps=lm_steps, seed=seed)
