@@ -93,15 +93,24 @@ def test_implicit_backward_buffers(maps, solver, bound):
 def test_host_and_torch_anderson_weights_agree():
     g = torch.Generator().manual_seed(1)
     G = torch.randn(6, 4, 30, dtype=torch.float64, generator=g)
+    for lam in (0.0, 1e-4):
+        ref = anderson_weights(G @ G.mT, lam, newest=2)
+        got = anderson_weights_host((G @ G.mT).numpy(), lam, newest=2)
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-9, atol=1e-12)
+    # degenerate Gram matrices: identical residuals (every alpha summing to one is optimal), zero, NaN
     rank1 = torch.randn(6, 1, 30, dtype=torch.float64, generator=g).expand(6, 4, 30)
-    grams = [G @ G.mT, rank1 @ rank1.mT, torch.zeros(6, 4, 4, dtype=torch.float64),
-             torch.full((6, 4, 4), float("nan"), dtype=torch.float64)]
-    for gram in grams:
+    for gram in [rank1 @ rank1.mT, torch.zeros(6, 4, 4, dtype=torch.float64),
+                 torch.full((6, 4, 4), float("nan"), dtype=torch.float64)]:
         for lam in (0.0, 1e-4):
-            ref = anderson_weights(gram, lam, newest=2)
             got = anderson_weights_host(gram.numpy(), lam, newest=2)
-            np.testing.assert_allclose(got, ref.numpy(), rtol=1e-10, atol=1e-12)
             assert np.isfinite(got).all()
+            np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-12)
+            if bool(torch.isfinite(gram).all()):
+                ref = anderson_weights(gram, lam, newest=2)
+                quad = lambda a: np.einsum("bi,bij,bj->b", a, gram.numpy(), a)  # noqa: E731
+                np.testing.assert_allclose(quad(got), quad(ref.numpy()), rtol=1e-6, atol=1e-12)
+            else:
+                np.testing.assert_array_equal(got, np.eye(4)[[2] * 6])  # the Picard fallback
 
 
 def _tanh_map(dtype=torch.float64):
@@ -172,3 +181,21 @@ def test_returned_value_is_a_view_without_copy_and_gradients_flow():
     assert info.ok and z.grad_fn is not None
     (g,) = torch.autograd.grad(z.sum(), theta)
     assert torch.isfinite(g)
+
+
+def test_anderson_triton_mixing_matches_torch():
+    """The fused kernel (``backend="triton"``, run by the interpreter on CPU) gives the torch path's solve."""
+    from fpntools.kernels import triton_available
+    from fpntools.kernels.anderson import _interpret_mode
+
+    if not (triton_available() and (torch.cuda.is_available() or _interpret_mode())):
+        pytest.skip("triton not installed, or no CUDA and TRITON_INTERPRET is not 1")
+    f, _ = _tanh_map()
+    z0 = torch.zeros(3, 12, dtype=torch.float64)
+    with torch.no_grad():
+        z_t, info_t = fpntools.fixed_point(f, z0, Anderson(m=3, beta=0.8), tol=1e-10, max_iter=60)
+        z_k, info_k = fpntools.fixed_point(f, z0, Anderson(m=3, beta=0.8, backend="triton"), tol=1e-10, max_iter=60)
+    assert info_t.ok and torch.equal(info_t.steps, info_k.steps)
+    torch.testing.assert_close(z_k, z_t, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="backend"):
+        Anderson(backend="cuda")

@@ -11,7 +11,9 @@ import textwrap
 import pytest
 import torch
 
-from fpntools.kernels import anderson_gram, anderson_mix, residual_norms, triton_available, triton_status
+from fpntools.kernels import (anderson_combine, anderson_gram, anderson_mix, residual_norms, triton_available,
+                              triton_status)
+from fpntools.kernels.anderson import _combine
 from fpntools.kernels.anderson import _interpret_mode
 from fpntools.kernels.bench import bench_anderson_mix
 
@@ -144,6 +146,38 @@ def test_forced_triton_on_cpu_without_interpreter_says_why(monkeypatch: pytest.M
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="CUDA tensors.*TRITON_INTERPRET=1"):
         anderson_mix(torch.randn(1, 2, 3), torch.randn(1, 2, 3), torch.randn(1, 2), 1.0, backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_combine_matches_definition_and_gradients(backend: str) -> None:
+    g = torch.Generator().manual_seed(5)
+    F, G = (torch.randn(3, 4, 37, dtype=torch.float64, generator=g).to(DEV).requires_grad_() for _ in range(2))
+    cf, cg = (torch.randn(3, 4, dtype=torch.float64, generator=g).to(DEV).requires_grad_() for _ in range(2))
+    out = anderson_combine(F, cf, G, cg, backend=backend)
+    ref = torch.einsum("bm,bmn->bn", cf, F) + torch.einsum("bm,bmn->bn", cg, G)
+    torch.testing.assert_close(out, ref)
+    w = torch.randn_like(out)
+    got = torch.autograd.grad((out * w).sum(), [F, cf, G, cg])
+    exp = torch.autograd.grad((ref * w).sum(), [F, cf, G, cg])
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(anderson_combine(F, cf, backend=backend), torch.einsum("bm,bmn->bn", cf, F))
+    with pytest.raises(ValueError, match="G and cg go together"):
+        anderson_combine(F, cf, G, None)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_combine_into_one_of_its_own_rows(backend: str, dtype: torch.dtype) -> None:
+    """The solver writes the mixed iterate into the ring slot of the oldest pair, which is still being mixed."""
+    ring = torch.randn(2, 3, 2, 1029, dtype=dtype, device=DEV)  # (B, m, 2, N): iterates and residuals
+    rows = ring.view(2, 6, 1029)
+    coef = torch.softmax(torch.randn(2, 6, dtype=dtype, device=DEV), 1)
+    expected = torch.einsum("bm,bmn->bn", coef, rows)
+    with torch.no_grad():
+        got = _combine(rows, coef, None, None, backend, out=ring[:, 0, 0])
+    assert got.data_ptr() == ring[:, 0, 0].data_ptr()
+    torch.testing.assert_close(ring[:, 0, 0], expected, **_tol(dtype))
 
 
 # ------------------------------------------------------------------------------------------- gram, norms
