@@ -199,6 +199,7 @@ class Reconstruction:
         info: the solver's information (TV, F-FPN, unrolled; ``None`` for FBP).
         fixed_steps: the solve runs a fixed number of steps by design (unrolled): its budget is not a warning.
         label: what ran, in words.
+        budget_option: the command-line option that raises the solver's budget, if any (named in the warning).
     """
 
     images: Tensor
@@ -207,6 +208,7 @@ class Reconstruction:
     info: FixedPointInfo | None = None
     fixed_steps: bool = False
     label: str = ""
+    budget_option: str = ""
 
     @property
     def steps(self) -> float | None:
@@ -237,7 +239,7 @@ class Reconstruction:
                 v.warnings.append(
                     f"the {self.method} solve stopped at its budget of {int(info.steps.max())} steps on {k} of {n} "
                     f"sinograms (relative residual up to {res:.2g}, tolerance {info.tol:g}); the output is the best "
-                    "iterate"
+                    "iterate" + (f"; raise {self.budget_option} for a tighter solve" if self.budget_option else "")
                 )
         sat = self.saturated_fraction() if v.usable else 0.0
         if sat > SATURATION_WARN_FRACTION:
@@ -245,7 +247,7 @@ class Reconstruction:
                               "outside the range the method was made for")
         if info is not None:
             if self.fixed_steps:
-                how = f"{int(info.steps.max())} fixed steps"
+                how = f"{int(info.steps.max())} steps (a fixed-step network)"
             else:
                 conv = int((info.sample_status == int(Status.CONVERGED)).sum())
                 how = f"{self.steps:.1f} steps on average, {conv}/{n} converged to tolerance {info.tol:g}"
@@ -291,7 +293,7 @@ def reconstruct(
             raise UserInputError(f"TV needs --iters >= 1 and --lam >= 0, got {iters} and {lam}")
         res = tv_reconstruct(y, op, lam=lam, n_iter=iters, return_result=True)
         return Reconstruction(res.x, method, time.perf_counter() - t0, res.info,
-                              label=f"TV (lam {lam:g}, PDHG)")
+                              label=f"TV (lam {lam:g}, PDHG)", budget_option="--iters")
     with torch.no_grad():
         images, info = model(y)
     return Reconstruction(images, method, time.perf_counter() - t0, info, fixed_steps=model.kind == "unrolled",
