@@ -165,11 +165,11 @@ def dataset_to_npz(net: str | os.PathLike, trips: str | os.PathLike, out: str | 
 
 
 def predict_to_csv(model: str | os.PathLike | None, context: str | None, context_file: str | os.PathLike | None,
-                   out: str | os.PathLike | None, max_residual: float = 1e-6) -> np.ndarray:
+                   out: str | os.PathLike | None, max_residual: float = 1e-6, batch: int = 25) -> np.ndarray:
     """``fpntools traffic predict``: link flows of a trained N-FPN for one or more contexts, as CSV
-    ``from,to,flow[_k]`` (to ``out``, or stdout).  The fixed point must be finite with relative residual
-    ``<= max_residual`` (above the model's ``tol``: a warning; above ``max_residual``: ``NotUsableError``).
-    Returns the flows ``(n, L)``."""
+    ``from,to,flow[_k]`` (to ``out``, or stdout), solved ``batch`` contexts at a time (a progress bar on stderr
+    for more than one batch).  The fixed point must be finite with relative residual ``<= max_residual`` (above
+    the model's ``tol``: a warning; above ``max_residual``: ``NotUsableError``).  Returns the flows ``(n, L)``."""
     import torch
 
     from problems.traffic.context import parse_contexts
@@ -180,10 +180,16 @@ def predict_to_csv(model: str | os.PathLike | None, context: str | None, context
     torch.set_num_threads(1)
     m = load_model(model if model is not None else DEFAULT_MODEL)
     ctx = parse_contexts(context, context_file, m.num_zones)
+    from tqdm.auto import tqdm
+
+    chunks = range(0, len(ctx), batch)
+    flows_l, res_l = [], []
     with torch.no_grad():
-        flows_t, info = m(torch.as_tensor(ctx))
-    flows = flows_t.cpu().numpy()
-    res = info.rel_residual.cpu().numpy()
+        for i in tqdm(chunks, desc="N-FPN predictions", unit="batch", disable=len(chunks) < 2, leave=False):
+            flows_t, info = m(torch.as_tensor(ctx[i: i + batch]))
+            flows_l.append(flows_t.cpu().numpy())
+            res_l.append(info.rel_residual.cpu().numpy())
+    flows, res = np.concatenate(flows_l), np.concatenate(res_l)
     worst = float(np.max(res)) if np.isfinite(res).all() else float("nan")
     if not (np.isfinite(flows).all() and math.isfinite(worst)):
         raise NotUsableError("the fixed-point solve became non-finite: output not usable, nothing written")
