@@ -84,6 +84,11 @@ def bench_network(name: str, n_train: int, n_test: int, gap: float = 1e-8, model
     model, train_cpu = _model_for(name, Path(models), cfg, epochs, progress)
     say(f"N-FPN predictions on the {len(te)} test contexts")
     met = evaluate(model, te, progress=progress)
+    if not met["fp_residual"] <= 1e-6:
+        from fpntools.cli_support import warn
+
+        warn(f"{name}: N-FPN fixed-point residual {met['fp_residual']:.1e} > 1e-6 on the test set; its row is not "
+             "reliable")
     say("MLP baseline fit")
     base = baselines(tr, te)
     allt = np.concatenate([tr.times, te.times])
