@@ -29,8 +29,11 @@ def engine(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)"),
     memory: bool = typer.Option(True, help="also measure peak memory (a separate, profiled run on CPU)"),
+    buffers: bool = typer.Option(False, help="also print the solver working memory on a 32x32x32x32 conv state"),
 ) -> None:
     """fpntools vs torchdeq on the same DEQ layers: forward/backward time, steps, peak memory, gradient agreement."""
-    from fpntools.bench.engine import run
+    from fpntools.bench.engine import buffer_table, run
 
     run(batch=batch, repeats=repeats, tol=tol, device=device, threads=threads, memory=memory)
+    if buffers:
+        buffer_table(device=device)

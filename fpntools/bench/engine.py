@@ -32,7 +32,7 @@ from fpntools.backward import Implicit
 from fpntools.bench.memory import PeakMemory
 from fpntools.solvers import Anderson
 
-__all__ = ["MLPLayer", "ConvLayer", "BenchRow", "run", "measure", "measure_memory"]
+__all__ = ["MLPLayer", "ConvLayer", "BenchRow", "BufferRow", "buffer_table", "run", "measure", "measure_memory"]
 
 
 class MLPLayer(nn.Module):
@@ -261,3 +261,81 @@ def _print(rows: list[BenchRow], batch: int, tol: float, btol: float, repeats: i
                           f"{r.forward_steps:.0f}", f"{r.backward_steps:.0f}", f"{r.peak_mb:.2f}",
                           f"{r.state_copies:.1f}", "-" if r.grad_rel_diff is None else f"{r.grad_rel_diff:.1e}")
     Console(width=220).print(table)
+
+
+@dataclass
+class BufferRow:
+    """Peak memory of one configuration in units of one state, and above its one-application baseline."""
+
+    what: str
+    copies: float
+    above_baseline: float
+    baseline: str
+
+
+def buffer_table(device: str = "cpu", m: int = 5, batch: int = 32, channels: int = 32, size: int = 32,
+                 iters: int = 15, print_table: bool = True) -> list[BufferRow]:
+    """Solver working memory on a ``batch x channels x size x size`` state of :class:`ConvLayer` (default
+    32x32x32x32, 4 MB), in state copies (peak bytes above the inputs / state bytes, :class:`PeakMemory`).
+
+    Forward solves (no graph, ``iters`` iterations) are compared with one application of the layer without
+    a graph; forward+backward (implicit, adjoint by the same solver, ``iters`` iterations) with one
+    differentiable application and its backward pass.
+    """
+    torch.manual_seed(0)
+    layer = ConvLayer(channels, size, 4).to(device)
+    x = layer.make_input(batch, torch.float32, device)
+    z0 = layer.initial_state(x)
+    w = torch.randn_like(z0)
+    state = z0.numel() * z0.element_size()
+
+    def copies(fn: Callable[[], None]) -> float:
+        fn()  # warm-up: lazy initialisation is not part of the peak
+        with PeakMemory(device) as pm:
+            fn()
+        return pm.peak_bytes / state
+
+    def one(grad: bool) -> Callable[[], None]:
+        def run() -> None:
+            layer.zero_grad(set_to_none=True)
+            if grad:
+                (layer(z0, x) * w).sum().backward()
+            else:
+                with torch.no_grad():
+                    layer(z0, x)
+        return run
+
+    def solve(solver: fpntools.FixedPointSolver, grad: bool) -> Callable[[], None]:
+        def run() -> None:
+            layer.zero_grad(set_to_none=True)
+            if grad:
+                backward = Implicit(solver=solver, tol=1e-12, max_iter=iters)
+                z, _ = fpntools.fixed_point(lambda z: layer(z, x), z0, solver, backward, tol=1e-12, max_iter=iters)
+                (z * w).sum().backward()
+            else:
+                with torch.no_grad():
+                    fpntools.fixed_point(lambda z: layer(z, x), z0, solver, "jfb", tol=1e-12, max_iter=iters)
+        return run
+
+    base_f, base_g = copies(one(False)), copies(one(True))
+    rows = [BufferRow("one application (no graph)", base_f, 0.0, "-"),
+            BufferRow("one application + backward", base_g, 0.0, "-")]
+    for name, solver in ((f"Anderson(m={m})", Anderson(m=m)), ("Picard", fpntools.Picard())):
+        c = copies(solve(solver, False))
+        rows.append(BufferRow(f"forward solve, {name}", c, c - base_f, "one application"))
+    for name, solver in ((f"Anderson(m={m})", Anderson(m=m)), ("Picard", fpntools.Picard())):
+        c = copies(solve(solver, True))
+        rows.append(BufferRow(f"forward + implicit backward, {name} (adjoint too)", c, c - base_g,
+                              "one application + backward"))
+    if print_table:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Solver working memory: {batch}x{channels}x{size}x{size} conv state "
+                            f"({state / 2**20:.0f} MB), {iters} iterations, {device}; state copies = peak / state")
+        for col in ("configuration", "state copies", "above baseline", "baseline"):
+            table.add_column(col, justify="left" if col in ("configuration", "baseline") else "right")
+        for r in rows:
+            table.add_row(r.what, f"{r.copies:.1f}", f"{r.above_baseline:.1f}", r.baseline)
+        Console(width=160).print(table)
+    return rows
