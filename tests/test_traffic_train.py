@@ -86,7 +86,9 @@ def test_train_through_the_trainer(small_data, tmp_path):
     """Run folder with config / history JSON, the recipe (Adam, cosine to lr / 10 per step), the loss going down,
     the implicit backward in the model's SolveConfig, refusal without --resume, and the final model files."""
     run = tmp_path / "run"
-    model, summary = train(_cfg(), run, progress=False, data=small_data)
+    cfg = _cfg(adjoint_iters=30)
+    model, summary = train(cfg, run, progress=False, data=small_data)
+    assert cfg.model.solve == default_solve()  # the caller's config is not changed
     assert {p.name for p in run.iterdir()} >= {"config.json", "history.json", "checkpoint.pt", "model.json",
                                                "model.safetensors"}
     hist = json.loads((run / "history.json").read_text())
@@ -101,7 +103,8 @@ def test_train_through_the_trainer(small_data, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["trainer"]["optimizer"] == "adam" and config["trainer"]["schedule"] == "cosine"
     assert config["trainer"]["lr_min_ratio"] == 0.1 and config["traffic"]["backward"] == "implicit"
-    assert _cfg().solve() == default_solve().with_(backward="implicit", backward_tol=1e-6, backward_max_iter=100)
+    assert config["traffic"]["adjoint_iters"] == 30
+    assert cfg.solve() == default_solve().with_(backward="implicit", backward_tol=1e-6, backward_max_iter=30)
     assert summary["completed"] and math.isfinite(summary["test"]["rel_l2"])
     # the saved model holds the inference settings and predicts like the trained one
     loaded = load_model(run / "model", network=small_data[0], base_demand=small_data[1])
@@ -109,8 +112,8 @@ def test_train_through_the_trainer(small_data, tmp_path):
     for name, p in model.named_parameters():
         assert torch.equal(p.detach(), dict(loaded.named_parameters())[name].detach())
     with pytest.raises(UserInputError, match="already holds a checkpoint"):
-        train(_cfg(), run, progress=False, data=small_data)
-    # a resumed run with other data settings is refused, naming the setting
+        train(cfg, run, progress=False, data=small_data)
+    # a resumed run with other data / model settings is refused, naming the setting
     with pytest.raises(UserInputError, match="traffic"):
         train(_cfg(adjoint_iters=7), run, resume=True, progress=False, data=small_data)
 

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -188,7 +188,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, progre
         raise UserInputError(f"run folder {out} already holds a checkpoint; pass --resume to continue it or "
                              "--force to start over")
     net, dem, tr, te = data if data is not None else load_data(cfg, progress=progress)
-    model = TrafficNFPN.build(net, dem, tr.flows, cfg.model)
+    model = TrafficNFPN.build(net, dem, tr.flows, replace(cfg.model))  # a copy: the model changes its config
     model.set_solve(cfg.solve())
     data = TensorDataset(torch.arange(len(tr)), torch.as_tensor(tr.contexts), torch.as_tensor(tr.flows))
     loss = FlowLoss(cfg.train_warm_gaps)
