@@ -59,18 +59,19 @@ __all__ = [
 ]
 
 MAX_PIXELS = 256 * 256
-"""Largest accepted image (pixel count; sides up to 1024). The joint solve costs about 340 applications of the
-DEQ layer, its VJP and the decoder head at full resolution, linear in the pixel count: with the command in
-docs/imaging.md ("Image size and time") a 128x128 image took 51 s and a 256x256 one 97 s on this project's
-shared 2-core CPU, so 1024x1024 would take about 25 minutes. Larger images: crop or downscale them first."""
+"""Largest accepted image (pixel count; sides up to 1024). The joint solve runs about 340 applications of the
+DEQ layer, its VJP and the decoder head at full resolution, linear in the pixel count: with the commands of
+docs/imaging.md ("Image size and time") a 256x256 image took 1-3 minutes on this project's shared 2-core CPU,
+so 1024x1024 would take 15-50. Larger images: crop or downscale them first."""
 
 RISE_TOL = 1e-3
 """Relative rise of the latent objective above its start beyond which a restoration is not usable."""
 
 _SIZE_HINT = (
-    "a restoration costs time in proportion to the pixel count: a 256x256 image takes about 1.5 minutes on a "
-    "2-core CPU, 1024x1024 about 25; crop or downscale it"
+    "a restoration's time grows with the pixel count: 256x256 takes 1-3 minutes on a 2-core CPU, 1024x1024 "
+    "would take 15-50; crop or downscale it"
 )
+
 
 def load_frozen_decoder(weights: str | Path | None = None) -> DEQDecoder:
     """The decoder of ``weights`` (default: the shipped ones) in eval mode with frozen parameters."""
