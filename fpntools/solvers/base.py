@@ -147,6 +147,7 @@ class FixedPointSolver(ABC):
         active = np.ones(b, dtype=bool)
         status = np.full(b, int(Status.MAX_ITER), dtype=np.int8)
         steps = np.zeros(b, dtype=np.int64)
+        all_active = True  # active.all(), kept as a flag (samples only ever stop)
         best_abs = np.full(b, np.inf)
         best_rel = np.full(b, np.inf)
         threshold: np.ndarray | None = None
@@ -173,25 +174,29 @@ class FixedPointSolver(ABC):
             a, fn = host[:, 0], host[:, 1]
             if request is not None:
                 self.host_reply(memory, host[:, 2:])
+            finite = np.isfinite(a) & np.isfinite(fn)
+            all_finite = bool(finite.all())
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 r = a / np.maximum(fn, _TINY)
-                finite = np.isfinite(a + fn)
-                res = r if rel else a
                 if threshold is None and divergence_factor is not None:
                     threshold = divergence_factor * np.maximum(np.where(finite, a, 0.0), _TINY)
+            res = r if rel else a
+            if trace:
+                history.append(np.where(active, res, np.nan))
+            # the same per-sample rules in both branches; the first skips the masks that are all true
+            if all_active and all_finite:
+                steps += 1
+                improved = a < best_abs
+                newly_converged = res <= tol
+                exploded = (a > threshold) if threshold is not None else None
+            else:
                 running = active & finite
                 steps += active
                 improved = running & (a < best_abs)
-                best_abs = np.where(improved, a, best_abs)
-                best_rel = np.where(improved, r, best_rel)
-                if trace:
-                    history.append(np.where(active, res, np.nan))
                 newly_converged = running & (res <= tol)
-                newly_nonfinite = active & ~finite
-                if threshold is not None:
-                    newly_diverged = running & ~newly_converged & (a > threshold)
-                else:
-                    newly_diverged = np.zeros(b, dtype=bool)
+                exploded = running & (a > threshold) if threshold is not None else None
+            np.copyto(best_abs, a, where=improved)
+            np.copyto(best_rel, r, where=improved)
             if improved.all():
                 best_z, best_owned = z, False
             elif improved.any():
@@ -199,18 +204,29 @@ class FixedPointSolver(ABC):
                     torch.where(device_mask(improved), z, best_z, out=best_z)
                 else:
                     best_z, best_owned = torch.where(device_mask(improved), z, best_z), True
-            status[newly_converged] = int(Status.CONVERGED)
-            status[newly_nonfinite] = int(Status.NONFINITE)
-            status[newly_diverged] = int(Status.DIVERGED)
-            active &= ~(newly_converged | newly_nonfinite | newly_diverged)
+            stopped = newly_converged
+            if newly_converged.any():
+                status[newly_converged] = int(Status.CONVERGED)
+            if not all_finite:
+                newly_nonfinite = active & ~finite
+                status[newly_nonfinite] = int(Status.NONFINITE)
+                stopped = stopped | newly_nonfinite
+            if exploded is not None and exploded.any():
+                newly_diverged = exploded & ~newly_converged
+                status[newly_diverged] = int(Status.DIVERGED)
+                stopped = stopped | newly_diverged
+            if stopped.any():
+                active &= ~stopped
+                all_active = False
             if progress is not None:
                 progress(k, torch.from_numpy(res))
-            if not active.any() or k == max_iter - 1:
-                if fixed_steps and active.any():  # z_K = step(z_{K-1}, f(z_{K-1})) for running samples
+            any_active = all_active or bool(active.any())
+            if not any_active or k == max_iter - 1:
+                if fixed_steps and any_active:  # z_K = step(z_{K-1}, f(z_{K-1})) for running samples
                     z_last, _ = self.step(z, fz, memory, k)
-                    best_z = z_last if active.all() else torch.where(device_mask(active), z_last, best_z)
+                    best_z = z_last if all_active else torch.where(device_mask(active), z_last, best_z)
                 break
-            if not finite.all():  # a non-finite f(z) for some samples: they keep z (and are stopped)
+            if not all_finite:  # a non-finite f(z) for some samples: they keep z (and are stopped)
                 fz = torch.where(device_mask(finite), fz, z)
                 self.observe(z, fz, memory)
             if not best_owned:  # an alias of an earlier iterate: keep it out of a slot the step overwrites
@@ -219,7 +235,7 @@ class FixedPointSolver(ABC):
                     best_z, best_owned = best_z.clone(), True
             z_next, memory = self.step(z, fz, memory, k)
             del fz  # not alive while g evaluates the next iterate
-            z = z_next if active.all() else torch.where(device_mask(active), z_next, best_z)
+            z = z_next if all_active else torch.where(device_mask(active), z_next, best_z)
         if self.owns(memory, best_z):  # a view of the solver's buffers: copy it so they can be freed
             best_z = best_z.clone()
         return SolverResult(
