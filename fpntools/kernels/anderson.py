@@ -14,8 +14,9 @@ Functions
 
 Dispatch
 --------
-Every function takes ``backend="auto" | "torch" | "triton"``. ``"auto"`` runs the Triton kernel when the
-inputs are CUDA tensors and :func:`triton_available` is true, else the torch path. ``"triton"`` forces the
+Every function takes ``backend="auto" | "torch" | "triton"``. ``"auto"`` runs the compiled Triton kernel
+when the inputs are CUDA tensors, :func:`triton_available` is true and the interpreter is off, else the
+torch path. ``"triton"`` forces the
 kernel; on CPU tensors this only works under the Triton interpreter (``TRITON_INTERPRET=1`` in the environment
 when the kernels are first built). Triton is imported lazily: this module imports without Triton installed.
 
@@ -185,8 +186,8 @@ def _use_triton(backend: str, *tensors: Tensor) -> bool:
     if backend == "torch":
         return False
     on_cuda = all(t.is_cuda for t in tensors)
-    if backend == "auto":
-        return on_cuda and triton_available()
+    if backend == "auto":  # the compiled kernel only: the interpreter (TRITON_INTERPRET=1) is a CPU debugging aid
+        return on_cuda and triton_available() and not _interpret_mode()
     # forced
     if not triton_available():
         raise RuntimeError(f"backend='triton' requested but triton is {_import_triton()[1]}")
