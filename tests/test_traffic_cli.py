@@ -198,6 +198,7 @@ def test_large_power_that_stays_representable_solves_with_a_warning(toy, tmp_pat
     assert relative_gap(read_net(bad), dem, flows) <= 1e-8
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_nonfinite_solve_is_not_usable(toy, tmp_path, monkeypatch):
     """If a solve becomes NaN / inf (here: the range check switched off for a capacity of 1e-300), the command
     exits 3 and writes nothing."""
