@@ -60,7 +60,8 @@ class SolveConfig:
     conjugate gradient on the normal equations with the same tolerance and budget), ``"jfb"``
     (Jacobian-free backpropagation), ``"phantom"`` or ``"unroll"``. ``eval_tol`` / ``eval_max_iter`` apply in
     eval mode. ``stop_mode`` is the residual the tolerance applies to (``"rel"``: ``||f(z)-z|| / ||f(z)||``,
-    ``"abs"``: ``||f(z)-z||``). ``jacobian`` configures the optional Jacobian penalty.
+    ``"abs"``: ``||f(z)-z||``); ``divergence_factor`` stops a sample whose residual grows past that multiple of its
+    first one (``None``: never, e.g. for a warm start whose first residual is already tiny). ``jacobian`` configures the optional Jacobian penalty.
     """
 
     solver: str = "anderson"
@@ -73,6 +74,7 @@ class SolveConfig:
     eval_max_iter: int | None = None
     anderson_m: int = 5
     stop_mode: str = "rel"
+    divergence_factor: float | None = 1e3
     jacobian: JacobianRegConfig = field(default_factory=JacobianRegConfig)
 
     def __post_init__(self) -> None:
@@ -82,6 +84,8 @@ class SolveConfig:
             raise UserInputError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.backward not in BACKWARDS:
             raise UserInputError(f"backward must be one of {', '.join(BACKWARDS)}, got {self.backward!r}")
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise UserInputError(f"divergence_factor must be > 1 or None, got {self.divergence_factor}")
         if self.stop_mode not in ("rel", "abs"):
             raise UserInputError(f"stop_mode must be 'rel' or 'abs', got {self.stop_mode!r}")
         for name in ("max_iter", "backward_max_iter", "anderson_m"):
@@ -154,4 +158,5 @@ def make_fixed_point(layer: nn.Module, cfg: SolveConfig) -> FixedPoint:
         eval_max_iter=cfg.eval_max_iter,
         jacobian_penalty=_make_penalty(cfg.jacobian),
         stop_mode=cfg.stop_mode,
+        divergence_factor=cfg.divergence_factor,
     )

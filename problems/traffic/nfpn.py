@@ -95,9 +95,11 @@ __all__ = ["NFPNConfig", "TrafficNFPN", "network_fingerprint", "incidence_matrix
 
 def default_solve() -> SolveConfig:
     """The N-FPN's solver settings: Anderson (memory 6) to relative residual ``1e-9`` in at most 50 steps from
-    the warm start, implicit gradients with the adjoint solved to ``1e-6`` in at most 100 steps."""
+    the warm start, implicit gradients with the adjoint solved to ``1e-6`` in at most 100 steps. No divergence
+    test: from the warm start the first residual is tiny, and a relative growth test would stop samples
+    spuriously."""
     return SolveConfig(solver="anderson", anderson_m=6, tol=1e-9, max_iter=50, backward="implicit",
-                       backward_tol=1e-6, backward_max_iter=100)
+                       backward_tol=1e-6, backward_max_iter=100, divergence_factor=None)
 
 
 #: keys of the first model files, which held the forward solver's settings at the top level
@@ -319,8 +321,6 @@ class TrafficNFPN(nn.Module):
         updated; e.g. ``model.set_solve(model.config.solve.with_(backward="jfb"))``)."""
         self.config.solve = solve
         self.fixed_point = make_fixed_point(_DYStep(), solve)
-        # from the warm start the residual is tiny; a relative growth test would stop samples spuriously
-        self.fixed_point.loop_options["divergence_factor"] = None
 
     def operator(self, d: Tensor) -> tuple[DavisYin, Tensor]:
         """The DY map ``T`` for a batch of contexts and its step ``gamma`` (a 0-dim tensor)."""
