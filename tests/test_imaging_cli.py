@@ -269,3 +269,18 @@ def test_denoise_reports_progress_and_usability(tmp_path: Path, gray: Path) -> N
     assert "denoise 16x16: joint iteration 1 of at most 43" in result.stderr
     assert "output usable" in result.stdout and result.stdout.startswith(f"wrote {out}")
     assert "warning: joint solve stopped at its iteration budget" in result.stderr  # 3 iterations do not converge
+
+
+def test_bad_options_of_bench_tune_and_adversarial(tmp_path: Path) -> None:
+    """Options are checked before any work: each gives one line and exit code 2."""
+    for args, words in (
+        (["imaging", "bench", "--size", "1000", "--images", "camera"], ("--size 1000", "camera")),
+        (["imaging", "bench", "--images", "moon"], ("training images",)),
+        (["imaging", "bench", "--repeats", "0", "--images", "camera"], ("--repeats",)),
+        (["imaging", "tune", "--lams", "a,b"], ("--lams",)),
+        (["imaging", "tune", "--size", "1000"], ("--size",)),
+        (["imaging", "adversarial", "--epochs", "0"], ("--epochs",)),
+        (["imaging", "adversarial", "--eps", "-1"], ("--eps",)),
+        (["imaging", "adversarial", "--resume"], ("run folder",)),
+    ):
+        _fails(args, tmp_path / "none.png", *words)
