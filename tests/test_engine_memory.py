@@ -113,12 +113,12 @@ def test_host_and_torch_anderson_weights_agree():
                 np.testing.assert_array_equal(got, np.eye(4)[[2] * 6])  # the Picard fallback
 
 
-def _tanh_map(dtype=torch.float64):
+def _tanh_map(dtype=torch.float64, device="cpu"):
     g = torch.Generator().manual_seed(2)
-    W = torch.randn(12, 12, dtype=dtype, generator=g)
+    W = torch.randn(12, 12, dtype=dtype, generator=g).to(device)
     W = 0.8 * W / torch.linalg.matrix_norm(W, 2)
-    x = torch.randn(3, 12, dtype=dtype, generator=g)
-    theta = torch.tensor(1.3, dtype=dtype, requires_grad=True)
+    x = torch.randn(3, 12, dtype=dtype, generator=g).to(device)
+    theta = torch.tensor(1.3, dtype=dtype, device=device, requires_grad=True)
     return (lambda z: torch.tanh(theta * (z @ W.T) + x)), theta
 
 
@@ -184,14 +184,16 @@ def test_returned_value_is_a_view_without_copy_and_gradients_flow():
 
 
 def test_anderson_triton_mixing_matches_torch():
-    """The fused kernel (``backend="triton"``, run by the interpreter on CPU) gives the torch path's solve."""
+    """The fused kernel (``backend="triton"``: compiled on CUDA, run by the interpreter on CPU) gives the torch
+    path's solve."""
     from fpntools.kernels import triton_available
     from fpntools.kernels.anderson import _interpret_mode
 
     if not (triton_available() and (torch.cuda.is_available() or _interpret_mode())):
         pytest.skip("triton not installed, or no CUDA and TRITON_INTERPRET is not 1")
-    f, _ = _tanh_map()
-    z0 = torch.zeros(3, 12, dtype=torch.float64)
+    device = "cpu" if _interpret_mode() else "cuda"
+    f, _ = _tanh_map(device=device)
+    z0 = torch.zeros(3, 12, dtype=torch.float64, device=device)
     with torch.no_grad():
         z_t, info_t = fpntools.fixed_point(f, z0, Anderson(m=3, beta=0.8), tol=1e-10, max_iter=60)
         z_k, info_k = fpntools.fixed_point(f, z0, Anderson(m=3, beta=0.8, backend="triton"), tol=1e-10, max_iter=60)
