@@ -111,7 +111,7 @@ def train(
     epoch_batches: int = typer.Option(100, help="batches per epoch: one progress line and one checkpoint each"),
     seed: int = typer.Option(0, help="seed of the patches, corruptions and initial weights"),
     threads: int = typer.Option(1, help="torch threads"),
-    device: str = typer.Option("cpu", help="auto, cpu or cuda"),
+    device: str = typer.Option("auto", help="auto (cuda when available), cpu or cuda"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in RUN_DIR"),
     force: bool = typer.Option(False, "--force", help="start over even though RUN_DIR holds a checkpoint"),
 ) -> None:
@@ -133,7 +133,7 @@ def adversarial(
     epochs: int = typer.Option(15, help="training epochs of each classifier"),
     eps: float = typer.Option(1.0, help="L2 radius of the attack (pixels in [0, 1])"),
     run_dir: str = typer.Option("", help="run folder (one sub-folder per classifier; default: none, no resume)"),
-    device: str = typer.Option("cpu", help="auto, cpu or cuda"),
+    device: str = typer.Option("auto", help="auto (cuda when available), cpu or cuda"),
     seed: int = typer.Option(0, help="seed of the split, the initial weights and the sample order"),
     resume: bool = typer.Option(False, "--resume", help="continue (or reuse) the checkpoints in RUN_DIR"),
     force: bool = typer.Option(False, "--force", help="start over even though RUN_DIR holds checkpoints"),

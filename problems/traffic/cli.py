@@ -97,7 +97,7 @@ def train(
     adjoint_iters: int = typer.Option(100, "--adjoint-iters", help="implicit: adjoint Anderson iterations"),
     data_seed: int = typer.Option(0, "--data-seed"),
     cache: Path = typer.Option(Path("cache/traffic"), "--cache", help="dataset cache folder"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available) | cpu | cuda"),
     resume: bool = typer.Option(False, "--resume", help="continue from <out>/checkpoint.pt"),
     force: bool = typer.Option(False, "--force", help="start over even if <out>/checkpoint.pt exists"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
