@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from fpntools.config_dict import checked_fields
 from fpntools.errors import UserInputError
 from fpntools.fixed_point import FixedPoint
 
@@ -114,11 +115,7 @@ class SolveConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SolveConfig":
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`~fpntools.errors.UserInputError`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UserInputError(f"unknown solve configuration keys: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**checked_fields(cls, d, "solve configuration"))
 
 
 def _make_penalty(cfg: JacobianRegConfig) -> Any:

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fpntools.config_dict import checked_fields
 from fpntools.info import FixedPointInfo
 from fpntools.operators import project_data_ball_relaxed
 from fpntools.solve_config import SolveConfig, make_fixed_point
@@ -185,9 +186,7 @@ class FFPNConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FFPNConfig":
-        if unknown := sorted(set(d) - {f.name for f in dataclasses.fields(cls)}):
-            raise ValueError(f"unknown F-FPN configuration keys: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**checked_fields(cls, d, "F-FPN configuration"))
 
 
 def default_solve(kind: str, steps: int = UNROLLED_STEPS) -> SolveConfig:

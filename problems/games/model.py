@@ -42,6 +42,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from fpntools.config_dict import checked_fields
 from fpntools.errors import UserInputError
 from fpntools.info import FixedPointInfo
 from fpntools.operators import AffineSet, DavisYin, Nonnegative, SimplexProduct
@@ -156,12 +157,7 @@ class NFPNConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NFPNConfig":
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`~fpntools.errors.UserInputError`."""
-        if not isinstance(d, dict):
-            raise UserInputError(f"N-FPN configuration must be a mapping, got {type(d).__name__}")
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise UserInputError(f"unknown N-FPN configuration keys: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**checked_fields(cls, d, "N-FPN configuration"))
 
 
 def mlp_param_count(inp: int, out: int, hidden: int, layers: int) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fpntools.config_dict import checked_fields
 from fpntools.errors import UserInputError
 from fpntools.fixed_point import FixedPoint
 from fpntools.solve_config import JacobianRegConfig, SolveConfig, make_fixed_point
@@ -99,12 +100,7 @@ class DecoderConfig:
     def from_dict(cls, d: Any) -> "DecoderConfig":
         """The config of a weights file's metadata; unknown keys and out-of-range sizes are a
         :class:`~fpntools.errors.UserInputError` naming the field (checked before any tensor is allocated)."""
-        if not isinstance(d, dict):
-            raise UserInputError(f"decoder config must be a JSON object, got {type(d).__name__}")
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise UserInputError(f"decoder config has unknown fields: {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**checked_fields(cls, d, "decoder config"))
 
     def act(self, t: Tensor) -> Tensor:
         """The activation of the layer and the head."""

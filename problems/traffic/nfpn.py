@@ -84,6 +84,7 @@ import torch
 import torch.nn.functional as Fnn
 from torch import Tensor, nn
 
+from fpntools.config_dict import checked_fields
 from fpntools import SolveConfig, make_fixed_point
 from fpntools.errors import UserInputError
 from fpntools.operators import AffineSet, Box, DavisYin
@@ -157,11 +158,7 @@ class NFPNConfig:
             solve = default_solve().with_(**old).to_dict()
         elif old:
             raise UserInputError(f"N-FPN config has both 'solve' and the old keys {sorted(old)}")
-        names = {f.name for f in fields(cls)} - {"solve"}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UserInputError(f"unknown N-FPN config keys: {', '.join(unknown)}")
-        return cls(**d, solve=SolveConfig.from_dict(solve))
+        return cls(**checked_fields(cls, d, "N-FPN config"), solve=SolveConfig.from_dict(solve))
 
 
 class _DYStep(nn.Module):

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from fpntools.config_dict import checked_fields
 from fpntools.errors import UserInputError
 
 __all__ = ["MODELS", "IMAGE_MODELS", "DATASETS", "BACKWARDS", "LIMITS", "ZooSpec", "ZooData", "check_size", "check_state_dict", "load_zoo_data",
@@ -123,16 +124,10 @@ class ZooSpec:
     @classmethod
     def from_dict(cls, d: Any) -> "ZooSpec":
         """The spec of a saved dict; unknown or missing keys and wrong values are one-line errors."""
-        if not isinstance(d, dict):
-            raise UserInputError(f"the zoo model spec must be a mapping, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UserInputError(f"unknown zoo model spec key(s): {', '.join(unknown)}")
+        kw = checked_fields(cls, d, "zoo model spec")
         missing = [f.name for f in fields(cls) if f.name not in d and f.name in ("model", "dataset", "in_dim", "n_classes")]
         if missing:
             raise UserInputError(f"zoo model spec lacks {', '.join(missing)}")
-        kw = dict(d)
         if kw.get("image_size") is not None:
             if not isinstance(kw["image_size"], (list, tuple)):
                 raise UserInputError(f"image_size must be two integers, got {kw['image_size']!r}")
