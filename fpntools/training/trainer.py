@@ -189,6 +189,22 @@ class TrainerConfig:
         if self.device not in ("auto", "cpu"):
             resolve_device(self.device)  # unknown names and missing CUDA fail here, before any work
 
+    def check_run_folder(self) -> None:
+        """Refuse a run folder that already holds a checkpoint unless ``resume`` or ``force`` is set (a
+        :class:`~fpntools.errors.UserInputError` naming its epoch). The :class:`Trainer` calls it; a command
+        with expensive preparation (data generation) calls it first, so the refusal costs nothing."""
+        if self.run_dir is None or self.resume or self.force:
+            return
+        ck = Path(self.run_dir) / CHECKPOINT_NAME
+        if ck.is_file():
+            try:
+                s = load_checkpoint(ck)
+                where = f"epoch {int(s.get('epoch', 0))} of {int(s.get('epochs', 0))}"
+            except CheckpointError:
+                where = "unreadable"
+            raise UserInputError(f"run folder {self.run_dir} already holds a checkpoint ({where}); pass --resume "
+                                 "to continue it or --force to start over")
+
 
 @runtime_checkable
 class BatchSource(Protocol):
@@ -441,10 +457,7 @@ class Trainer:
         ck = self.checkpoint_path
         assert ck is not None
         c = self.config
-        if ck.is_file() and not (c.resume or c.force):
-            raise UserInputError(
-                f"run folder {self.run_dir} already holds a checkpoint ({self._describe(ck)}); pass --resume to "
-                "continue it or --force to start over")
+        c.check_run_folder()
         if ck.is_file() and c.resume:
             try:
                 state = load_checkpoint(ck, map_location=self.device)
@@ -462,14 +475,6 @@ class Trainer:
                 self._write_json(HISTORY_NAME, [])
             barrier(self.ctx)
         self._begun = True
-
-    @staticmethod
-    def _describe(ck: Path) -> str:
-        try:
-            s = load_checkpoint(ck)
-            return f"epoch {int(s.get('epoch', 0))} of {int(s.get('epochs', 0))}"
-        except CheckpointError:
-            return "unreadable"
 
     def _write_json(self, name: str, obj: Any) -> None:
         assert self.run_dir is not None

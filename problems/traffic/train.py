@@ -176,17 +176,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool = False, progre
     resumed run with other settings, or a device that is not available."""
     from torch.utils.data import TensorDataset
 
-    from fpntools.training.trainer import CHECKPOINT_NAME, Trainer, TrainerConfig, print_to_stderr, resolve_device
+    from fpntools.training.trainer import Trainer, TrainerConfig, print_to_stderr
 
     out = Path(out)
     tcfg = TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam",
                          schedule="cosine", lr_min_ratio=0.1, seed=cfg.seed, device=device, run_dir=str(out),
                          resume=resume, force=force, max_steps=max_steps, progress=progress)
-    # refuse before the (possibly long) data generation; the trainer checks the checkpoint itself as well
-    resolve_device(device)
-    if (out / CHECKPOINT_NAME).is_file() and not (resume or force):
-        raise UserInputError(f"run folder {out} already holds a checkpoint; pass --resume to continue it or "
-                             "--force to start over")
+    tcfg.check_run_folder()  # before the (possibly long) data generation; the device was checked by TrainerConfig
     net, dem, tr, te = data if data is not None else load_data(cfg, progress=progress)
     model = TrafficNFPN.build(net, dem, tr.flows, replace(cfg.model))  # a copy: the model changes its config
     model.set_solve(cfg.solve())
