@@ -112,6 +112,9 @@ def train(
     seed: int = typer.Option(0, help="seed of the patches, corruptions and initial weights"),
     threads: int = typer.Option(1, help="torch threads"),
     device: str = typer.Option("auto", help="auto (cuda when available), cpu or cuda"),
+    data: str = typer.Option("scikit", help="training images: scikit (the first recipe), train400 (natural images, "
+                             "last 20 validate) or a .npy (N, H, W) stack of them"),
+    data_root: str = typer.Option("", help="folder holding train400/ (default ../shared/data/natural-images)"),
     resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in RUN_DIR"),
     force: bool = typer.Option(False, "--force", help="start over even though RUN_DIR holds a checkpoint"),
 ) -> None:
@@ -125,7 +128,7 @@ def train(
         init=init or None, activation=activation or None, jac_weight=jac_weight, jac_prob=jac_prob,
         joint_fraction=joint_fraction, joint_iters=joint_iters, joint_backward=joint_backward,
         joint_residual_weight=joint_residual_weight, epoch_batches=epoch_batches, seed=seed, threads=threads,
-        device=device, resume=resume, force=force)))
+        device=device, data=data, data_root=data_root or None, resume=resume, force=force)))
 
 
 @app.command()

@@ -27,6 +27,13 @@ __all__ = [
     "read_image",
     "read_mask",
     "write_image",
+    "NATURAL_ROOT",
+    "NATURAL_SETS",
+    "VALIDATION_COUNT",
+    "natural_root",
+    "load_natural_set",
+    "load_training_images",
+    "split_train_validation",
 ]
 
 TRAIN_IMAGES: tuple[str, ...] = ("moon", "text", "brick", "grass", "gravel", "page", "clock", "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "cell")
@@ -36,6 +43,74 @@ TEST_IMAGES: tuple[str, ...] = ("camera", "coins")
 VALIDATION_IMAGES: tuple[str, ...] = ("stereo_motorcycle", "microaneurysms")
 """Images seen neither in training nor by the benchmark: they choose prior weights, TV weights and learning
 rates (:func:`validation_crops`). Tuning on training images would favour the encoder, which has seen them."""
+
+
+NATURAL_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "natural-images"
+"""Default folder of the natural-image sets (``../shared/data/natural-images`` next to the repository);
+``FPNTOOLS_NATURAL_IMAGES`` overrides it."""
+NATURAL_SETS: tuple[str, ...] = ("train400", "Set12", "BSD68")
+"""The standard grayscale sets: ``train400`` trains (its last :data:`VALIDATION_COUNT` images validate),
+``Set12`` and ``BSD68`` only test."""
+VALIDATION_COUNT = 20
+"""Images at the end of ``train400`` (sorted names ``test_381`` ... ``test_400``) held out of training: they
+choose prior weights, TV weights, learning rates and the training run's best epoch (never the test sets)."""
+
+
+def natural_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding ``train400/``, ``Set12/`` and ``BSD68/`` (``root``, else ``FPNTOOLS_NATURAL_IMAGES``,
+    else :data:`NATURAL_ROOT`)."""
+    return Path(root or os.environ.get("FPNTOOLS_NATURAL_IMAGES") or NATURAL_ROOT)
+
+
+def load_natural_set(name: str, root: str | os.PathLike | None = None, limit: int | None = None
+                     ) -> list[tuple[str, np.ndarray]]:
+    """``(file name, image)`` pairs of a standard set (sorted by name), float64 ``(H, W)`` in ``[0, 1]``;
+    ``limit`` keeps the first ones. A missing folder is a :class:`UserInputError` naming it."""
+    if name not in NATURAL_SETS:
+        raise UserInputError(f"unknown image set {name!r}; expected one of {', '.join(NATURAL_SETS)}")
+    folder = natural_root(root) / name
+    files = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if not files:
+        raise UserInputError(f"image set {name} not found: no PNG files in {folder} (pass --data-root or set "
+                             "FPNTOOLS_NATURAL_IMAGES)")
+    import imageio.v3 as iio
+
+    out = []
+    for f in files[:limit]:
+        arr = np.asarray(iio.imread(f))
+        if arr.ndim == 3:  # stored as RGB(A) by some copies: luminance
+            arr = arr[..., :3].astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721]) if arr.shape[2] >= 3 else arr[..., 0]
+        out.append((f.name, _to_unit(np.asarray(arr), f, "image")))
+    return out
+
+
+def load_training_images(data: str, root: str | os.PathLike | None = None) -> list[np.ndarray]:
+    """All images of a training source: ``"scikit"`` (:data:`TRAIN_IMAGES`), ``"train400"`` (the standard set,
+    :func:`load_natural_set`) or a ``.npy`` file with a ``(N, H, W)`` uint8 / float ``[0, 1]`` stack (e.g. train400
+    packed for a machine without the data folder). The validation split is :func:`split_train_validation`."""
+    if data == "scikit":
+        return [load_image(n) for n in TRAIN_IMAGES]
+    if data == "train400":
+        return [img for _, img in load_natural_set("train400", root)]
+    p = Path(data)
+    if p.suffix != ".npy" or not p.is_file():
+        raise UserInputError(f"training data {data!r} is neither 'scikit', 'train400' nor an existing .npy file")
+    arr = np.load(p, allow_pickle=False)
+    if arr.ndim != 3 or min(arr.shape[1:]) < 32:
+        raise UserInputError(f"training data {p} has shape {arr.shape}; expected (N, H, W) with sides of at least 32")
+    return [_to_unit(a, p, "training image") for a in arr]
+
+
+def split_train_validation(images: list[np.ndarray], data: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(training, validation)`` images: for the natural sets (``data`` not ``"scikit"``) the last
+    :data:`VALIDATION_COUNT` images validate; the scikit-image recipe trains on all of :data:`TRAIN_IMAGES` (its
+    validation pictures are :data:`VALIDATION_IMAGES`) and returns no validation images here."""
+    if data == "scikit":
+        return images, []
+    if len(images) <= VALIDATION_COUNT:
+        raise UserInputError(f"training data has {len(images)} images; more than {VALIDATION_COUNT} are needed "
+                             "(the last ones validate)")
+    return images[:-VALIDATION_COUNT], images[-VALIDATION_COUNT:]
 
 
 def load_image(name: str) -> np.ndarray:

@@ -32,13 +32,20 @@ from fpntools.augmented import AugmentedMap, AugmentedResult, augmented_solve
 from fpntools.errors import UserInputError
 from fpntools.metrics import psnr
 from fpntools.training import Trainer, TrainerConfig
-from problems.imaging.data import TEST_IMAGES, TRAIN_IMAGES, PatchSampler, center_crop, load_image
+from problems.imaging.data import (
+    TEST_IMAGES,
+    PatchSampler,
+    center_crop,
+    load_image,
+    load_training_images,
+    split_train_validation,
+)
 from problems.imaging.model import ACTIVATIONS, DEFAULT_SOLVE, DecoderConfig, DEQDecoder, load_decoder, save_decoder
 from problems.imaging.tasks import LatentProblem, TaskConfig, joint_config, lam_for_sigma
 
 __all__ = [
     "TrainConfig", "Corruption", "corrupt", "PatchSource", "decoder_loss", "heldout_psnr", "JointBatch",
-    "joint_batch_loss", "train_decoder", "TrainOutcome",
+    "joint_batch_loss", "train_decoder", "TrainOutcome", "NATURAL_CORRUPTION", "ValidationSet", "VALIDATION_SIGMAS",
 ]
 
 
@@ -62,7 +69,13 @@ class TrainConfig:
     one differentiated application of the joint map; ``"implicit"``: the implicit backward of the joint fixed
     point, second order). The decoder learns latent problems that the joint solve finishes in ``joint_iters``.
 
-    Run control (not part of the recipe): ``minutes`` (wall-clock budget of this invocation; 0: none),
+    ``data``: the training images, ``"scikit"`` (the scikit-image pictures of the first shipped weights, with
+    :class:`Corruption`'s defaults), ``"train400"`` (the standard set from ``data_root``, default
+    ``../shared/data/natural-images``) or a ``.npy`` stack of it; the natural sets train on all but their last
+    :data:`problems.imaging.data.VALIDATION_COUNT` images with :data:`NATURAL_CORRUPTION`, and the held-out ones
+    choose the best epoch (``val_psnr``, amortised restoration at sigma 25/255).
+
+    Run control (not part of the recipe): ``data_root``, ``minutes`` (wall-clock budget of this invocation; 0: none),
     ``epoch_batches`` (batches per epoch, one progress line and one checkpoint each: the divisor of ``steps``
     closest to it from below, :func:`epoch_length`), ``threads``, ``device``.
     """
@@ -85,6 +98,8 @@ class TrainConfig:
     joint_residual_weight: float = 0.0
     epoch_batches: int = 100
     device: str = "cpu"
+    data: str = "scikit"
+    data_root: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("patch", "batch", "steps", "epoch_batches", "threads", "joint_iters"):
@@ -110,7 +125,7 @@ class TrainConfig:
 
     def recipe(self) -> dict:
         """The fields that shape the trajectory (checked on ``--resume``): all but the run control."""
-        control = {"minutes", "threads", "epoch_batches", "device"}
+        control = {"minutes", "threads", "epoch_batches", "device", "data_root"}
         return {k: v for k, v in asdict(self).items() if k not in control}
 
 
@@ -118,13 +133,24 @@ class TrainConfig:
 class Corruption:
     """Training corruptions: with probability ``p_clean`` a patch is clean (latent fitting), otherwise noisy
     with ``sigma ~ U(0, sigma_max)``; independently, with probability ``p_mask`` a random ``fraction`` in
-    ``fraction_range`` of the ``block x block`` cells (random grid offset) is missing."""
+    ``fraction_range`` of the ``block x block`` cells (random grid offset) is missing, and with probability
+    ``p_pixels`` a random fraction in ``pixel_range`` of the pixels (``p_pixels = 0`` draws nothing, so the
+    streams of the first recipe are unchanged)."""
 
     p_clean: float = 0.15
     sigma_max: float = 0.5
     p_mask: float = 0.35
     block: int = 8
     fraction_range: tuple[float, float] = (0.1, 0.4)
+    p_pixels: float = 0.0
+    pixel_range: tuple[float, float] = (0.4, 0.85)
+
+
+NATURAL_CORRUPTION = Corruption(p_clean=0.05, sigma_max=50 / 255, p_mask=0.25, fraction_range=(0.1, 0.5),
+                                p_pixels=0.2, pixel_range=(0.3, 0.9))
+"""Corruptions of the natural-image recipe: noise ``sigma ~ U(0, 50/255)`` (95% of the patches), a quarter with
+10-50% of the 8x8 cells missing, a fifth (independently) with 30-90% of the pixels missing; the benchmark's
+levels (15, 25, 50) and masks (25 / 50% blocks, 50 / 80% pixels) lie inside these ranges."""
 
 
 def corrupt(p: Tensor, rng: np.random.Generator, c: Corruption = Corruption()) -> tuple[Tensor, Tensor, Tensor]:
@@ -138,6 +164,9 @@ def corrupt(p: Tensor, rng: np.random.Generator, c: Corruption = Corruption()) -
         full = np.kron(cells, np.ones((c.block, c.block)))
         i, j = rng.integers(c.block), rng.integers(c.block)
         mask[k, 0] = 1.0 - full[i : i + h, j : j + w]
+    if c.p_pixels > 0:
+        for k in np.flatnonzero(rng.random(b) < c.p_pixels):
+            mask[k, 0] *= rng.random((h, w)) >= rng.uniform(*c.pixel_range)
     s = torch.as_tensor(sigma, dtype=p.dtype)
     m = torch.from_numpy(mask).to(p.dtype)
     noise = torch.from_numpy(rng.standard_normal(p.shape)).to(p.dtype)
@@ -221,6 +250,38 @@ class PatchSource:
             parts.append((p, *corrupt(p, rng, c)))
         p, y, m, s = (torch.cat([q[k] for q in parts]) for k in range(4))
         return {"p": p, "y": y, "m": m, "s": s, "joint": joint}
+
+
+VALIDATION_SIGMAS: tuple[float, ...] = (0.0, 15 / 255, 25 / 255, 50 / 255)
+"""Noise levels of the natural recipe's validation report (the benchmark's levels and autoencoding)."""
+
+
+class ValidationSet:
+    """Fixed noisy central crops of validation images: ``psnr(model, sigma)`` is the mean PSNR of the amortised
+    restoration ``h(z*(E(y, 1, sigma)))`` at level ``sigma`` (noise drawn once per level, seed 0), the decoder in
+    eval mode; the natural recipe's per-epoch ``val_psnr`` (sigma 25/255) selects the best epoch."""
+
+    def __init__(self, images: list[np.ndarray], size: int = 96) -> None:
+        side = min(size, *(min(im.shape) for im in images)) // 4 * 4
+        self.clean = torch.from_numpy(np.stack([center_crop(im, side) for im in images])).float()[:, None]
+        self._noisy: dict[float, Tensor] = {}
+
+    def noisy(self, sigma: float) -> Tensor:
+        if sigma not in self._noisy:
+            g = torch.Generator().manual_seed(0)
+            self._noisy[sigma] = self.clean + sigma * torch.randn(self.clean.shape, generator=g)
+        return self._noisy[sigma]
+
+    def psnr(self, model: DEQDecoder, sigma: float) -> float:
+        was = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            y = self.noisy(sigma).to(device)
+            z, _ = model.equilibrium(model.encode(y, None, sigma))
+            out = model.head(z).clamp(0, 1).cpu().double()
+        model.train(was)
+        return float(psnr(out, self.clean.double()).mean())
 
 
 def heldout_psnr(model: DEQDecoder, sigma: float = 0.0, size: int = 96) -> float:
@@ -391,17 +452,24 @@ def train_decoder(
     model.set_solve(solve)
     model.train()
     per_epoch = epoch_length(cfg.steps, cfg.epoch_batches)
-    source = PatchSource([load_image(n) for n in TRAIN_IMAGES], cfg.patch, per_epoch * cfg.batch,
+    natural = cfg.data != "scikit"
+    train_images, val_images = split_train_validation(load_training_images(cfg.data, cfg.data_root), cfg.data)
+    if natural and corruption == Corruption():
+        corruption = NATURAL_CORRUPTION
+    source = PatchSource(train_images, cfg.patch, per_epoch * cfg.batch,
                          cfg.joint_fraction, corruption, stream=prior_steps)
+    validation = ValidationSet(val_images) if natural else None
+    evaluate = None if validation is None else (lambda m: {"val_psnr": validation.psnr(m, 25 / 255)})
     tcfg = TrainerConfig(
         epochs=cfg.steps // per_epoch, batch_size=cfg.batch, lr=cfg.lr, optimizer="adam", grad_clip=cfg.grad_clip,
         seed=cfg.seed, device=cfg.device, run_dir=None if run_dir is None else str(run_dir), resume=resume,
         force=force, max_minutes=cfg.minutes, max_steps=max_steps, progress=log,
+        select_metric="val_psnr" if natural else None,
     )
     run_config = {"recipe": cfg.recipe(), "decoder": asdict(model.cfg), "solve": solve.to_dict(),
                   "corruption": asdict(corruption), "prior_steps": prior_steps}
     hook = _DecoderRun(model, cfg)
-    trainer = Trainer(model, lambda m, b: decoder_loss(m, b, cfg), source, tcfg, hooks=[hook],
+    trainer = Trainer(model, lambda m, b: decoder_loss(m, b, cfg), source, tcfg, hooks=[hook], evaluate=evaluate,
                       run_config=run_config, log=(logger or print_to_stderr) if log else None)
     result = trainer.fit()
     model = trainer.model
@@ -410,7 +478,12 @@ def train_decoder(
         "joint_batches": hook.joint_batches, "seconds": round(hook.seconds, 1), "stop_reason": result.stop_reason,
         "train": asdict(cfg), "corruption": asdict(corruption),
     }
-    if trainer.ctx.is_main:
+    if trainer.ctx.is_main and validation is not None:
+        summary["best_epoch"] = getattr(result, "best_epoch", None)
+        summary["validation_psnr"] = {f"sigma={round(s * 255)}/255": round(validation.psnr(model, s), 2)
+                                      for s in VALIDATION_SIGMAS}
+        save_decoder(model, out, {"summary": summary})
+    elif trainer.ctx.is_main:
         summary["heldout_psnr"] = {f"sigma={s}": round(heldout_psnr(model, s), 2) for s in (0.0, 0.2, 0.4)}
         save_decoder(model, out, {"summary": summary})
     return TrainOutcome(out, summary, result)
@@ -442,6 +515,7 @@ def train_command(*, run_dir: str | Path, out: str | Path | None, channels: int,
     res = train_decoder(cfg, model_cfg, weights, solve=DEFAULT_SOLVE.with_(jacobian=jac), run_dir=run_dir,
                         resume=resume, force=force)
     s = res.summary
-    psnrs = ", ".join(f"{k} {v:.2f} dB" for k, v in s.get("heldout_psnr", {}).items())
+    which = "validation" if "validation_psnr" in s else "held-out"
+    psnrs = ", ".join(f"{k} {v:.2f} dB" for k, v in s.get("validation_psnr", s.get("heldout_psnr", {})).items())
     return (f"wrote {res.out}: {s['steps']} batches ({s['joint_batches']} through the joint solve), stopped: "
-            f"{s['stop_reason']}; held-out amortised PSNR {psnrs}; run folder {run_dir}")
+            f"{s['stop_reason']}; {which} amortised PSNR {psnrs}; run folder {run_dir}")
