@@ -155,6 +155,20 @@ def test_load_image_set_folder_and_npy(tmp_path: Path) -> None:
     _check(crops, 5, 16)
 
 
+def test_natural_images_root_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FPNTOOLS_NATURAL_IMAGES", str(tmp_path))
+    assert I.natural_images_root() == tmp_path
+    monkeypatch.setenv("FPNTOOLS_NATURAL_IMAGES", str(tmp_path / "nope"))
+    with pytest.raises(UserInputError, match="FPNTOOLS_NATURAL_IMAGES"):
+        I.natural_images_root()
+    # BSD68 split of given images: 68 needed, first 34 / last 34
+    imgs = [np.full((4, 5), i, np.uint8) for i in range(68)]
+    assert [int(a[0, 0]) for a in I.bsd68_split(imgs, "validation")] == list(range(34))
+    assert [int(a[0, 0]) for a in I.bsd68_split(imgs, "test")] == list(range(34, 68))
+    with pytest.raises(UserInputError, match="68"):
+        I.bsd68_split(imgs[:60], "test")
+
+
 def test_natural_crops_from_arrays() -> None:
     rng = np.random.default_rng(1)
     imgs = (rng.uniform(0, 255, (4, 60, 50))).astype(np.uint8)

@@ -48,9 +48,6 @@ __all__ = [
     "sample_mixture",
 ]
 
-ImageSet = "np.ndarray | list[np.ndarray]"
-RngLike = "np.random.Generator | int | None"
-
 #: BSD68 files (sorted by name) ``[0, 34)`` are the validation images, ``[34, 68)`` the test images.
 BSD68_VALIDATION_COUNT: int = 34
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm")
@@ -299,7 +296,8 @@ class _Canvas:
         self.half = size / 2.0
 
     def box(self, cx: float, cy: float, r: float) -> tuple[slice, slice, np.ndarray, np.ndarray] | None:
-        """Rows / columns whose centres are within ``r + 1`` of ``(cx, cy)`` and their coordinate grids."""
+        """Rows / columns whose centres are within ``r + 1`` of ``(cx, cy)`` and their coordinates relative to
+        ``(cx, cy)`` as a ``(1, w)`` row and a ``(h, 1)`` column."""
         h = self.half
         c0 = max(int(math.floor(cx - r - 1 + h)), 0)
         c1 = min(int(math.ceil(cx + r + 1 + h)), self.size)
@@ -307,7 +305,8 @@ class _Canvas:
         r1 = min(int(math.ceil(h - cy + r + 1)), self.size)
         if c0 >= c1 or r0 >= r1:
             return None
-        xx, yy = np.meshgrid(self.xs[c0:c1] - cx, self.ys[r0:r1] - cy)
+        xx = (self.xs[c0:c1] - cx)[None, :]  # (1, w) and (h, 1): broadcast to the box
+        yy = (self.ys[r0:r1] - cy)[:, None]
         return slice(r0, r1), slice(c0, c1), xx, yy
 
 
@@ -371,7 +370,7 @@ def _polyline(cv: _Canvas, pts: np.ndarray, width: float) -> tuple[slice, slice,
         return None
     rs, cs, xx, yy = bx
     px, py = xx + cx, yy + cy
-    dmin = np.full(xx.shape, np.inf)
+    dmin = np.full((yy.shape[0], xx.shape[1]), np.inf)
     for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
         dx, dy = x1 - x0, y1 - y0
         ll = dx * dx + dy * dy
@@ -605,8 +604,7 @@ def _rich_one(rng: np.random.Generator, size: int, cfg: RichPhantomConfig) -> tu
         c = float(rng.choice([-1, 1]) * rng.uniform(*cfg.inclusion_contrast))
         _paint(img, _superellipse(cv, pt[0], pt[1], r, r * e, rng.uniform(0, np.pi)), c, mode="add")
         incl.append({"x": pt[0], "y": pt[1], "radius": r, "aspect": e, "contrast": c})
-        xx, yy = np.meshgrid(cv.xs - pt[0], cv.ys - pt[1])
-        np.minimum(dist, np.hypot(xx, yy) - r - 1.0, out=dist)  # the next inclusions keep clear of this one
+        np.minimum(dist, np.hypot((cv.xs - pt[0])[None, :], (cv.ys - pt[1])[:, None]) - r - 1.0, out=dist)  # the next inclusions keep clear of this one
     info["inclusions"] = incl
     # thin structures: vessels / ducts (1-2 px), bright or dark
     for _ in range(int(rng.integers(cfg.vessels[0], cfg.vessels[1] + 1))):
@@ -773,7 +771,7 @@ def _ct_like_one(rng: np.random.Generator, size: int) -> np.ndarray:
                 for sgn in (-1, 1):
                     px, py = cx + (ma - wall / 2) * math.cos(th), cy + sgn * (mb - wall / 2) * math.sin(th)
                     _paint(hu, _superellipse(cv, px, py, rng.uniform(1.5, 3.0), rng.uniform(1.0, 2.0), th), _HU["cortical"] * 0.9)
-            window = _WINDOWS[str(rng.choice(["lung", "soft", "full", "bone"], p=[0.3, 0.4, 0.2, 0.1]))]
+            window = _WINDOWS[str(rng.choice(["lung", "soft", "full", "bone"], p=[0.2, 0.5, 0.2, 0.1]))]
         else:
             # liver (right = image left), kidneys, bowel with air and contrast, spleen
             _paint(hu, _blob(cv, rng, cx - 0.45 * ia, cy + 0.15 * ib, ia * 0.45, ib * 0.6, -0.3, 0.12),
@@ -903,11 +901,13 @@ class MixtureConfig:
             raise UserInputError(f"mixture weights must be >= 0 with a positive sum, got {w}")
         if int(self.size) != self.size or self.size < 8:
             raise UserInputError(f"mixture image size must be an integer >= 8, got {self.size}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise UserInputError(f"crop scale must be (min, max) with 0 < min <= max <= 1, got {self.scale}")
 
     def probabilities(self, natural_available: bool = True) -> tuple[float, float, float]:
-        """``(natural, rich, ellipses)`` probabilities; without natural images the natural weight goes to the
-        other two in proportion to their weights (to ``rich`` alone if both are 0... see
-        :func:`sample_mixture`)."""
+        """``(natural, rich, ellipses)`` probabilities (the weights divided by their sum). With
+        ``natural_available=False`` the natural weight is dropped, i.e. redistributed to the two phantom kinds in
+        proportion to their weights, or all to ``rich`` when both phantom weights are 0."""
         nat, rich, ell = self.natural, self.rich, self.ellipses
         if not natural_available:
             nat = 0.0
