@@ -42,6 +42,8 @@ def test_generators_range_shape_determinism(make) -> None:
     assert not np.array_equal(a, make(6, 64, 4))
     assert all(im.std() > 0.02 for im in a)  # not blank
     _check(make(2, 128, 0), 2, 128)
+    for seed in range(3):  # small images: thicknesses scale, no shape degenerates
+        _check(make(12, 32, seed), 12, 32)
 
 
 def test_generators_are_fast() -> None:

@@ -342,6 +342,8 @@ def _blob(cv: _Canvas, rng: np.random.Generator, cx: float, cy: float, a: float,
           wobble: float = 0.15) -> tuple[slice, slice, np.ndarray] | None:
     """An irregular blob: the ellipse ``(a, b, phi)`` whose normalised radius is modulated by
     ``1 + sum_{k=2..4} c_k cos(k theta + t_k)``, ``|c_k| <= wobble / k``."""
+    if a < 0.5 or b < 0.5:
+        return None
     ks = np.arange(2, 5)
     coef = rng.uniform(-wobble, wobble, 3) / ks
     ph = rng.uniform(0, 2 * np.pi, 3)
@@ -691,23 +693,25 @@ def _ct_like_one(rng: np.random.Generator, size: int) -> np.ndarray:
     hu = np.full((size, size), _HU["air"])
     kind = rng.choice(["abdomen", "thorax", "head"], p=[0.4, 0.3, 0.3])
     noise_hu = rng.uniform(5.0, 20.0)
+    sc = size / 128.0  # thicknesses in pixels are for 128 x 128 images
     if kind == "head":
         noise_hu = rng.uniform(1.0, 4.0)
         a = rng.uniform(0.7, 0.9) * h
         b = a * rng.uniform(0.8, 0.95)
         cx, cy = 0.0, rng.uniform(-0.05, 0.05) * h
         _paint(hu, _superellipse(cv, cx, cy, a, b, np.pi / 2), _HU["muscle"])
-        t = rng.uniform(3.0, 6.0)
-        _paint(hu, _superellipse(cv, cx, cy, a - 2, b - 2, np.pi / 2), _HU["cortical"])
+        t = max(1.5, rng.uniform(3.0, 6.0) * sc)
+        sk = max(1.0, 2.0 * sc)  # skin
+        _paint(hu, _superellipse(cv, cx, cy, a - sk, b - sk, np.pi / 2), _HU["cortical"])
         # diploe: cancellous band inside the skull
-        _paint(hu, _superellipse(cv, cx, cy, a - 2 - t * 0.3, b - 2 - t * 0.3, np.pi / 2), _HU["cancellous"] + 300)
-        _paint(hu, _superellipse(cv, cx, cy, a - 2 - t * 0.7, b - 2 - t * 0.7, np.pi / 2), _HU["cortical"])
-        ia, ib = a - 2 - t, b - 2 - t
+        _paint(hu, _superellipse(cv, cx, cy, a - sk - t * 0.3, b - sk - t * 0.3, np.pi / 2), _HU["cancellous"] + 300)
+        _paint(hu, _superellipse(cv, cx, cy, a - sk - t * 0.7, b - sk - t * 0.7, np.pi / 2), _HU["cortical"])
+        ia, ib = a - sk - t, b - sk - t
         _paint(hu, _superellipse(cv, cx, cy, ia, ib, np.pi / 2), _HU["csf"])
         # cortex folds: gray matter with white matter below a wiggly boundary
         g = gaussian_filter(rng.standard_normal((size, size)), size / 40)
         g = g / g.std()
-        inner = _superellipse(cv, cx, cy, ia - 1.5, ib - 1.5, np.pi / 2)
+        inner = _superellipse(cv, cx, cy, ia - 1.5 * sc, ib - 1.5 * sc, np.pi / 2)
         wmask = _full(cv, _superellipse(cv, cx, cy, ia * 0.8, ib * 0.8, np.pi / 2))
         tissue = np.where((g > -0.2) & (wmask > 0.5), _HU["white"], _HU["gray"])
         _paint(hu, inner, gaussian_filter(tissue, 0.7))
@@ -729,10 +733,10 @@ def _ct_like_one(rng: np.random.Generator, size: int) -> np.ndarray:
         b = a * rng.uniform(0.6, 0.8)
         cx, cy = 0.0, rng.uniform(-0.05, 0.05) * h
         _paint(hu, _superellipse(cv, cx, cy, a, b, 0.0, 2.4), _HU["fat"])
-        fat = rng.uniform(2.0, 10.0)
+        fat = max(1.0, rng.uniform(2.0, 10.0) * sc)
         ma, mb = a - fat, b - fat
         _paint(hu, _superellipse(cv, cx, cy, ma, mb, 0.0, 2.4), _HU["muscle"])
-        wall = rng.uniform(4.0, 8.0)
+        wall = max(1.0, rng.uniform(4.0, 8.0) * sc)
         ia, ib = ma - wall, mb - wall
         _paint(hu, _superellipse(cv, cx, cy, ia, ib, 0.0, 2.2), _HU["fat"] + rng.uniform(0, 60))
         # spine at the back (bottom): vertebral body, canal, processes, paraspinal muscles
@@ -826,6 +830,8 @@ def ct_like_validation(n: int, size: int = 128, seed: int = 0) -> np.ndarray:
     an optional patient table, tissue noise (5-20 HU), a slight blur, and a clinical display window (e.g. soft
     tissue L40/W400, brain L40/W90, lung L-500/W1600, bone, full range) mapping HU to ``[0, 1]``. Bodies are
     upright (spine at the bottom), as in real scans. Image ``i`` depends only on ``(seed, i)``.
+    (scikit-image's anatomical sample ``skimage.data.brain`` needs a download through ``pooch``, so no
+    bundled real slice is available offline; this model stands in for one.)
     For validation only (choosing the mixture, TV weights, checkpoints): never train on it.
     """
     _check_n_size(n, size)
