@@ -1,6 +1,6 @@
 """Baselines for equilibrium prediction: regress the equilibrium directly, or predict a constant.
 
-* :class:`MLPRegressor`: ``z(d) = P_C(MLP(d))``, an MLP whose ``n + m`` outputs are projected onto
+* :class:`MLPRegressor`: ``z(d) = P_C(MLP(s(d)))`` (``s`` standardises the contexts as in the N-FPN), an MLP whose ``n + m`` outputs are projected onto
   ``C = Delta_n x Delta_m`` (so the prediction is always a pair of mixed strategies), trained on the same
   squared error as the N-FPN.
 * :class:`ConstantPredictor`: the mean training equilibrium ``(mean x*, mean y*)`` (in ``C`` by convexity),
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from problems.games.model import check_context_tensor, mlp, simplex_product
+from problems.games.model import ContextScaler, check_context_tensor, mlp, simplex_product
 
 __all__ = ["MLPRegressor", "ConstantPredictor"]
 
@@ -24,11 +24,16 @@ class MLPRegressor(nn.Module):
         super().__init__()
         self.n, self.m, self.context_dim = n, m, context_dim
         self.net = mlp(context_dim, n + m, hidden, layers)
+        self.scaler = ContextScaler(context_dim)
         self.project = simplex_product(n, m)
+
+    def fit_contexts(self, d: Tensor) -> None:
+        """Standardise contexts with the training contexts ``d`` (as the N-FPN does)."""
+        self.scaler.fit(d)
 
     def forward(self, d: Tensor) -> tuple[Tensor, None]:
         d = check_context_tensor(d, self.context_dim)
-        return self.project(self.net(d)), None
+        return self.project(self.net(self.scaler(d))), None
 
     def predict(self, d: Tensor) -> Tensor:
         return self.forward(d)[0]

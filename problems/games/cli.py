@@ -3,10 +3,12 @@
 * ``fpntools games solve``    : the certified equilibrium of one game of a family, for a given context.
 * ``fpntools games bench``    : N-FPN vs an MLP regressor and a constant predictor on a held-out split.
 * ``fpntools games train``    : train one model in a run folder (progress bar, resumable checkpoints).
-* ``fpntools games evaluate`` : held-out metrics of a trained model.
+* ``fpntools games evaluate`` : held-out metrics of a trained model (or its metrics on a data file).
+* ``fpntools games make-data``: a data file (context, x, y, A, B) of certified equilibria of a built-in family.
+* ``fpntools games predict``  : equilibria predicted by a trained model for the contexts of a file.
 
 This module only parses arguments; the work is done by :mod:`problems.games.solve`,
-:mod:`problems.games.bench` and :mod:`problems.games.train`.
+:mod:`problems.games.bench`, :mod:`problems.games.train` and :mod:`problems.games.datafile`.
 """
 
 from __future__ import annotations
@@ -99,17 +101,22 @@ def bench(
 @app.command()
 def train(
     model: str = typer.Option("nfpn", help="nfpn | mlp"),
-    family: str = typer.Option("rps", help=FAMILY_HELP),
-    n_actions: int = typer.Option(3, help="actions per player (random families)"),
-    context_dim: int = typer.Option(4, help="context dimension p"),
-    n_train: int = typer.Option(1000, help="training games"),
-    n_test: int = typer.Option(500, help="held-out games (evaluated after every epoch)"),
+    data: Optional[Path] = typer.Option(
+        None, help="train on your own data: .npz with context (n, p), x (n, n1), y (n, n2) [, A, B (n, n1, n2)]"
+    ),
+    val_fraction: float = typer.Option(0.2, help="--data: fraction of the samples held out for validation"),
+    simplex_tol: float = typer.Option(1e-6, help="--data: how far a stored strategy may miss the simplex"),
+    family: Optional[str] = typer.Option(None, help=FAMILY_HELP + " (default rps; not with --data)"),
+    n_actions: Optional[int] = typer.Option(None, help="actions per player (random families; default 3)"),
+    context_dim: Optional[int] = typer.Option(None, help="context dimension p (families; default 4)"),
+    n_train: Optional[int] = typer.Option(None, help="training games (families; default 1000)"),
+    n_test: Optional[int] = typer.Option(None, help="held-out games, evaluated after every epoch (families; default 500)"),
     epochs: int = typer.Option(100, help="training epochs"),
     batch_size: int = typer.Option(64, help="mini-batch size"),
     lr: float = typer.Option(1e-2, help="Adam learning rate (cosine decay per step to lr / 20)"),
     hidden: int = typer.Option(64, help="hidden width"),
     layers: int = typer.Option(2, help="hidden layers"),
-    seed: int = typer.Option(0, help="seed of data draws, initialisation and sample order"),
+    seed: int = typer.Option(0, help="seed of data draws / validation split, initialisation and sample order"),
     out: Path = typer.Option(Path("runs/games"), "--out", help="run folder: config.json, history.json, checkpoint.pt, weights.pt"),
     resume: bool = typer.Option(False, help="continue the run in --out from its checkpoint"),
     force: bool = typer.Option(False, help="start over even though --out holds a checkpoint"),
@@ -118,15 +125,25 @@ def train(
     threads: int = typer.Option(1, help="torch CPU threads"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
-    """Train one predictor on certified equilibria in a run folder (progress bar, resumable checkpoints)."""
+    """Train one predictor on certified equilibria of a family, or on your own data file (--data), in a run folder."""
     from fpntools.cli_support import check_output_dir
     from problems.games.bench import data_config
+    from problems.games.datafile import FileDataConfig
     from problems.games.model import NFPNConfig
     from problems.games.train import recipe, solver_report, train_run
 
     check_output_dir(out, what="run folder")
     _threads(threads)
-    cfg = data_config(family, n_actions, context_dim, n_train, n_test, seed)
+    family_options = {"--family": family, "--n-actions": n_actions, "--context-dim": context_dim,
+                      "--n-train": n_train, "--n-test": n_test}
+    if data is not None:
+        given = [k for k, v in family_options.items() if v is not None]
+        if given:
+            raise UserInputError(f"--data takes the games from the file; {', '.join(given)} describe a built-in family")
+        cfg = FileDataConfig.from_file(data, val_fraction=val_fraction, seed=seed, simplex_tol=simplex_tol)
+    else:
+        cfg = data_config(family or "rps", n_actions or 3, context_dim or 4, 1000 if n_train is None else n_train,
+                          500 if n_test is None else n_test, seed)
     tcfg = recipe(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, run_dir=str(out), resume=resume,
         force=force, progress=progress,
@@ -135,35 +152,77 @@ def train(
     if run.result.history:
         typer.echo(f"final training loss {run.result.final['train_loss']:.5f}")
     if run.test_metrics:
-        typer.echo("test: " + ", ".join(f"{k}={v:.4g}" for k, v in run.test_metrics.items()))
+        typer.echo(("validation: " if data is not None else "test: ")
+                   + ", ".join(f"{k}={v:.4g}" for k, v in run.test_metrics.items()))
     typer.echo(f"weights: {run.weights} (run folder {out})")
     if run.test_metrics:
         solver_report(run.test_metrics, what=model)
 
 
+@app.command("make-data")
+def make_data(
+    family: str = typer.Option("rps", help=FAMILY_HELP),
+    n: int = typer.Option(1000, "--n", help="number of games"),
+    out: Path = typer.Option(..., "--out", help="data file to write (.npz: context, x, y, A, B, gap)"),
+    n_actions: int = typer.Option(3, help="actions per player (random families)"),
+    context_dim: int = typer.Option(4, help="context dimension p"),
+    seed: int = typer.Option(1, help="seed of the context draws (use another seed for a test file)"),
+    family_seed: int = typer.Option(0, help="seed of the context -> payoff map (the same family for the same seed)"),
+) -> None:
+    """Write certified equilibria of a built-in family in the data-file format of `train --data`."""
+    from fpntools.cli_support import check_output_path
+    from problems.games.commands import make_data_file
+
+    check_output_path(out, suffixes=(".npz",), what="--out")
+    typer.echo(make_data_file(family, n, out, n_actions, context_dim, seed, family_seed))
+
+
+@app.command()
+def predict(
+    model: Path = typer.Option(..., "--model", help="run folder of `games train`, or its weights.pt / checkpoint.pt"),
+    context_file: Path = typer.Option(..., help="contexts (m, p): .npy, .npz (key context), .csv or .txt"),
+    out: Path = typer.Option(..., "--out", help="predicted (x, y) per context: (m, n1 + n2) to .npy, or .csv"),
+    max_iter: Optional[int] = typer.Option(None, help="N-FPN: forward iteration budget (default: the model's)"),
+    tol: Optional[float] = typer.Option(None, help="N-FPN: forward tolerance (default: the model's)"),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto"),
+) -> None:
+    """Predict the equilibrium strategies of a trained model for the contexts of a file."""
+    from fpntools.cli_support import check_output_path
+    from fpntools.training.trainer import resolve_device
+    from problems.games.commands import predict_file
+
+    check_output_path(out, suffixes=(".npy", ".csv"), what="--out")
+    typer.echo(predict_file(model, context_file, out, _solve_changes(max_iter, tol), resolve_device(device)))
+
+
+def _solve_changes(max_iter: Optional[int], tol: Optional[float]) -> dict:
+    changes = {k: v for k, v in (("max_iter", max_iter), ("tol", tol)) if v is not None}
+    return changes | {f"eval_{k}": v for k, v in changes.items()}
+
+
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="run folder of `games train`, or its weights.pt / checkpoint.pt"),
+    data: Optional[Path] = typer.Option(None, help="score on the samples of this data file instead of the held-out split"),
     n_test: Optional[int] = typer.Option(None, help="held-out games (default: the run's own test split)"),
     max_iter: Optional[int] = typer.Option(None, help="N-FPN: forward iteration budget (default: the model's)"),
     tol: Optional[float] = typer.Option(None, help="N-FPN: forward tolerance (default: the model's)"),
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics to this JSON file"),
 ) -> None:
-    """Held-out error and Nash gap of a trained model; exit 3 when its solves fail (non-finite output)."""
-    from dataclasses import asdict
-
+    """Held-out error and Nash gap of a trained model (or on a data file); exit 3 when its solves fail."""
     from fpntools.atomic_io import atomic_write_bytes
     from fpntools.cli_support import check_output_path
     from fpntools.training.trainer import resolve_device
-    from problems.games.train import evaluate_run, solver_report
+    from problems.games.commands import evaluate_command
+    from problems.games.train import solver_report
 
     if json_out is not None:
         check_output_path(json_out, suffixes=(".json",), what="--json")
-    changes = {k: v for k, v in (("max_iter", max_iter), ("tol", tol)) if v is not None}
-    changes |= {f"eval_{k}": v for k, v in changes.items()}
-    metrics, cfg = evaluate_run(run, n_test=n_test, solve_changes=changes, device=resolve_device(device))
-    typer.echo(f"{cfg.family} games, {cfg.n_test} held-out: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if data is not None and n_test is not None:
+        raise UserInputError("--data and --n-test exclude each other")
+    line, metrics, doc = evaluate_command(run, data, n_test, _solve_changes(max_iter, tol), resolve_device(device))
+    typer.echo(line)
     solver_report(metrics, what=str(run))
     if json_out is not None:
-        atomic_write_bytes(json_out, json.dumps({"metrics": metrics, "data": asdict(cfg)}, indent=2).encode())
+        atomic_write_bytes(json_out, json.dumps(doc, indent=2).encode())

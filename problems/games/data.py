@@ -66,17 +66,30 @@ class GameDataConfig:
     def make_family(self) -> ContextualGameFamily:
         return make_family(self.family, self.n_actions, self.context_dim, self.family_seed)
 
+    def sizes(self) -> tuple[int, int, int]:
+        """``(n, m, context_dim)`` of the family's games (checked, nothing allocated)."""
+        fam = self.make_family()
+        return fam.n, fam.m, self.context_dim
+
+    def splits(self) -> tuple["GameDataset", "GameDataset"]:
+        """``(train, test)``: :func:`make_dataset` of this configuration."""
+        return make_dataset(self)
+
 
 @dataclass
 class GameDataset:
-    """Contexts ``d`` ``(N, p)``, games ``A, B`` ``(N, n, m)``, certified equilibria ``x, y`` and their ``gap``."""
+    """Contexts ``d`` ``(N, p)``, games ``A, B`` ``(N, n, m)``, equilibria ``x, y`` and their Nash ``gap``.
+
+    ``A``, ``B`` and ``gap`` are ``None`` for data without payoffs (a user's file of contexts and equilibria):
+    then no Nash gap can be scored (:attr:`has_payoffs`).
+    """
 
     d: np.ndarray
-    A: np.ndarray
-    B: np.ndarray
+    A: np.ndarray | None
+    B: np.ndarray | None
     x: np.ndarray
     y: np.ndarray
-    gap: np.ndarray
+    gap: np.ndarray | None
     acceptance: float = 1.0
     info: dict = field(default_factory=dict)
 
@@ -85,23 +98,34 @@ class GameDataset:
 
     @property
     def n(self) -> int:
-        return int(self.A.shape[1])
+        return int(self.x.shape[1])
 
     @property
     def m(self) -> int:
-        return int(self.A.shape[2])
+        return int(self.y.shape[1])
+
+    @property
+    def has_payoffs(self) -> bool:
+        """Whether the true games are known (so Nash gaps can be scored)."""
+        return self.A is not None and self.B is not None
 
     def tensors(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """``(d, z*)`` as tensors, ``z* = (x*, y*)`` of shape ``(N, n + m)``."""
         return torch.as_tensor(self.d, dtype=dtype), torch.as_tensor(np.concatenate([self.x, self.y], 1), dtype=dtype)
 
     def subset(self, idx: np.ndarray | slice) -> "GameDataset":
+        def part(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[idx]
+
         return GameDataset(
-            self.d[idx], self.A[idx], self.B[idx], self.x[idx], self.y[idx], self.gap[idx], self.acceptance, self.info
+            self.d[idx], part(self.A), part(self.B), self.x[idx], self.y[idx], part(self.gap), self.acceptance, self.info
         )
 
     def nash_gap(self, z: Tensor | np.ndarray) -> np.ndarray:
-        """Nash gap under the *true* games of predictions ``z = (x, y)`` ``(N, n + m)`` (float64)."""
+        """Nash gap under the *true* games of predictions ``z = (x, y)`` ``(N, n + m)`` (float64); raises
+        ``ValueError`` for data without payoffs."""
+        if self.A is None or self.B is None:
+            raise ValueError("this data set holds no payoff matrices: no Nash gap")
         z = z.detach().cpu().double().numpy() if isinstance(z, Tensor) else np.asarray(z, dtype=np.float64)
         return nash_gap(self.A, self.B, z[:, : self.n], z[:, self.n :])
 

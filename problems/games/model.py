@@ -50,6 +50,7 @@ from fpntools.solve_config import SolveConfig, make_fixed_point
 
 __all__ = [
     "NFPNConfig",
+    "ContextScaler",
     "GameOperator",
     "LearnedGame",
     "NashFPN",
@@ -126,6 +127,11 @@ class NFPNConfig:
             ``min_batch alpha(d)``; its fixed point ``w*`` gives the equilibrium ``z* = max(w*, 0)``.
         linear_terms: also learn linear payoff terms ``q(d) = (q_x, q_y)`` (player 1 maximises
             ``x^T A y - q_x^T x - mu/2 ||x||^2``, likewise player 2), so ``F_theta(z) = J z + q``.
+        face_solve: after the solve, replace the fixed point by the exact solution of the learned VI on the
+            face of ``C`` that the fixed point lies on (its support): the KKT system of that face is linear
+            (:meth:`NashFPN.face_solution`), so its batched dense solve gives the equilibrium to round-off and,
+            differentiated by autograd, the exact implicit gradient (the fixed point's own backward, ``solve``,
+            is then used only for the samples whose face solution is refused). Off by default.
         solve: how the fixed point is solved and differentiated (:func:`default_solve`); a dict (from JSON)
             is converted with :meth:`fpntools.SolveConfig.from_dict`.
     """
@@ -136,6 +142,7 @@ class NFPNConfig:
     gamma: float = 0.5
     splitting: str = "pg"
     linear_terms: bool = True
+    face_solve: bool = False
     solve: SolveConfig = field(default_factory=default_solve)
 
     def __post_init__(self) -> None:
@@ -192,6 +199,30 @@ def mlp(inp: int, out: int, hidden: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+class ContextScaler(nn.Module):
+    """Standardises contexts, ``(d - mean) / scale``, with the training contexts' mean and standard deviation
+    (buffers, stored with the weights; identity until :meth:`fit`). Users' contexts come in any units."""
+
+    def __init__(self, context_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(context_dim))
+        self.register_buffer("scale", torch.ones(context_dim))
+
+    @torch.no_grad()
+    def fit(self, d: Tensor) -> "ContextScaler":
+        """Set ``mean`` and ``scale`` from contexts ``d`` ``(N, p)``; constant entries get scale 1."""
+        d = d.to(self.mean)
+        mean = d.mean(dim=0)
+        std = d.std(dim=0) if d.shape[0] > 1 else torch.zeros_like(mean)
+        tiny = std <= 1e-12 * mean.abs().clamp_min(1.0)
+        self.mean.copy_(mean)
+        self.scale.copy_(torch.where(tiny, torch.ones_like(std), std))
+        return self
+
+    def forward(self, d: Tensor) -> Tensor:
+        return (d - self.mean) / self.scale
+
+
 @dataclass
 class GameOperator:
     """The learned game gradient of a batch, ``F(z) = J z + q``, with the step ``alpha`` of its map.
@@ -219,10 +250,11 @@ class LearnedGame(nn.Module):
         self.n, self.m, self.context_dim, self.config = n, m, context_dim, config
         extra = n + m if config.linear_terms else 0
         self.net = mlp(context_dim, 2 * n * m + extra, config.hidden, config.layers)
+        self.scaler = ContextScaler(context_dim)
 
     def payoffs(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Learned payoff matrices ``A_theta(d), B_theta(d)`` ``(B, n, m)`` and linear terms ``q`` ``(B, n + m)``."""
-        out = self.net(d)
+        out = self.net(self.scaler(d))
         k = self.n * self.m
         raw = out[:, : 2 * k].reshape(-1, 2, self.n, self.m)
         Z, G_raw = raw[:, 0], raw[:, 1]
@@ -302,6 +334,10 @@ class NashFPN(nn.Module):
             [torch.full((d.shape[0], self.n), 1.0 / self.n), torch.full((d.shape[0], self.m), 1.0 / self.m)], dim=1
         ).to(d)
 
+    def fit_contexts(self, d: Tensor) -> None:
+        """Standardise contexts with the training contexts ``d`` (:class:`ContextScaler`)."""
+        self.game.scaler.fit(d)
+
     def operator(self, d: Tensor) -> GameOperator:
         """The learned game gradient ``F_theta(.; d)`` of (validated) contexts ``d``."""
         return self.game.operator(check_context_tensor(d, self.context_dim))
@@ -322,7 +358,55 @@ class NashFPN(nn.Module):
         z0 = self.initial_state(d) if z0 is None else z0
         T = self.map(F)
         w, info = self.solver(T, z0=z0)
-        return (T.solution(w) if isinstance(T, DavisYin) else w), info
+        z = T.solution(w) if isinstance(T, DavisYin) else w
+        if self.config.face_solve:
+            z = self.face_polish(z, F)
+        return z, info
+
+    #: A face solution is accepted when it is nonnegative to this level and this close to the fixed point.
+    FACE_NEG_TOL = 1e-7
+    FACE_DIST_TOL = 1e-3
+
+    def face_solution(self, support: Tensor, F: GameOperator) -> Tensor:
+        """Exact solution of the learned VI restricted to a face of ``C``.
+
+        On the face ``{z in aff C : z_i = 0 for i not in S}`` (``S = support``, a boolean ``(B, N)`` mask with
+        at least one action of each player) the VI's KKT conditions are linear::
+
+            (J z + q)_i = lambda_x  (i in S, player 1),   (J z + q)_j = lambda_y  (j in S, player 2),
+            z_i = 0  (i not in S),    sum x = 1,   sum y = 1,
+
+        a ``(N + 2) x (N + 2)`` system per sample, nonsingular because ``J`` is strongly monotone; it is solved
+        by one batched ``torch.linalg.solve`` (differentiable). When ``S`` is the support of the equilibrium,
+        its solution is the equilibrium, and the derivative of the solve is the implicit derivative of the
+        fixed point (for strict complementarity, where the support is locally constant)."""
+        J, q = F.J, F.q
+        B, N = q.shape
+        D = support.to(J.dtype)
+        E = torch.zeros(N, 2, dtype=J.dtype, device=J.device)
+        E[: self.n, 0], E[self.n :, 1] = 1.0, 1.0
+        top = torch.cat([D.unsqueeze(2) * J + torch.diag_embed(1.0 - D), -D.unsqueeze(2) * E], dim=2)
+        bottom = torch.cat([(E.t() * D.unsqueeze(1)), J.new_zeros(B, 2, 2)], dim=2)
+        M = torch.cat([top, bottom], dim=1)
+        rhs = torch.cat([-D * q, J.new_ones(B, 2)], dim=1)
+        return torch.linalg.solve(M, rhs.unsqueeze(-1)).squeeze(-1)[:, :N]
+
+    def face_polish(self, z: Tensor, F: GameOperator) -> Tensor:
+        """``z`` replaced by :meth:`face_solution` on its own support where that solution is a nonnegative point
+        within ``FACE_DIST_TOL`` of ``z`` (exact entries and exact gradients there); ``z`` elsewhere."""
+        support = z.detach() > 0
+        with torch.no_grad():
+            ok = support[:, : self.n].any(1) & support[:, self.n :].any(1)
+            ok &= torch.isfinite(F.J).flatten(1).all(1) & torch.isfinite(F.q).all(1)
+            safe = torch.where(ok.unsqueeze(1), support, torch.ones_like(support))
+        Jsafe = torch.where(ok.view(-1, 1, 1), F.J, torch.eye(F.J.shape[1], dtype=F.J.dtype, device=F.J.device))
+        qsafe = torch.where(ok.view(-1, 1), F.q, torch.zeros_like(F.q))
+        zf = self.face_solution(safe, GameOperator(Jsafe, qsafe, F.alpha))
+        with torch.no_grad():
+            close = (zf - z).abs().max(1).values <= self.FACE_DIST_TOL
+            ok = ok & torch.isfinite(zf).all(1) & (zf.min(1).values >= -self.FACE_NEG_TOL) & close
+        zf = zf.clamp_min(0.0) * support  # exact zeros off the support
+        return torch.where(ok.unsqueeze(1), zf, z)
 
     def davis_yin(self, F: GameOperator) -> DavisYin:
         """The Davis-Yin map for the learned VI (see :class:`NFPNConfig`), step ``min_batch alpha``."""

@@ -39,7 +39,11 @@ from fpntools.training.checkpoint import CheckpointError, load_checkpoint, save_
 from fpntools.training.trainer import Trainer, TrainerConfig, TrainResult, print_to_stderr
 from problems.games.baselines import ConstantPredictor, MLPRegressor
 from problems.games.data import GameDataConfig, GameDataset, make_dataset
-from problems.games.model import NashFPN, NFPNConfig
+from problems.games.datafile import FileDataConfig, load_contexts, load_game_data
+from problems.games.model import ContextScaler, NashFPN, NFPNConfig
+
+#: What a model is trained on: a built-in family's generated data or the user's data file.
+DataConfig = GameDataConfig | FileDataConfig
 
 __all__ = [
     "MODELS",
@@ -53,6 +57,10 @@ __all__ = [
     "evaluate_run",
     "evaluate",
     "predict",
+    "predict_contexts",
+    "evaluate_file",
+    "DataConfig",
+    "data_description",
     "solver_report",
     "seed_everything",
     "WEIGHTS_NAME",
@@ -161,11 +169,11 @@ def evaluate(model: nn.Module, data: GameDataset) -> dict[str, float]:
     z, stats = predict(model, d)
     elapsed = time.perf_counter() - t0
     diff = (z.double() - z_star.double()).norm(dim=1)
-    gap = data.nash_gap(z)
+    gap = {"gap": float(data.nash_gap(z).mean())} if data.has_payoffs else {}
     return {
         "err": float(diff.mean()),
         "rel_err": float(diff.sum() / z_star.double().norm(dim=1).sum()),
-        "gap": float(gap.mean()),
+        **gap,
         "ms_per_sample": 1e3 * elapsed / max(len(data), 1),
         **stats,
     }
@@ -204,6 +212,9 @@ def train_model(
     With ``val``, every epoch record holds the :func:`evaluate` metrics on it prefixed ``val_``. A checkpoint
     that does not fit the model (``config.resume``) is a :class:`~fpntools.errors.UserInputError`.
     """
+    fit_contexts = getattr(model, "fit_contexts", None)
+    if fit_contexts is not None:  # standardise contexts with the training contexts (restored as-is on resume)
+        fit_contexts(train.tensors()[0])
     evaluate_fn = None
     if val is not None:
         evaluate_fn = lambda m: {f"val_{k}": v for k, v in evaluate(m, val).items()}  # noqa: E731
@@ -233,14 +244,30 @@ class RunOutcome:
     weights: Path | None
 
 
+def data_description(data_config: DataConfig) -> dict[str, Any]:
+    """The stored (JSON) description of what a model was trained on."""
+    return asdict(data_config)
+
+
+def _data_config(desc: Any, path: Path) -> DataConfig:
+    """Inverse of :func:`data_description`: a family's :class:`GameDataConfig` or a :class:`FileDataConfig`."""
+    if not isinstance(desc, dict):
+        raise UserInputError(f"{path}: invalid data description (not a mapping)")
+    try:
+        return FileDataConfig(**desc) if desc.get("source") == "file" else GameDataConfig(**desc)
+    except TypeError as exc:
+        raise UserInputError(f"{path}: invalid data description ({exc})") from None
+
+
 def train_run(
-    data_config: GameDataConfig,
+    data_config: DataConfig,
     model_name: str,
     nfpn: NFPNConfig,
     config: TrainerConfig,
     log: Callable[[str], None] | None = print_to_stderr,
 ) -> RunOutcome:
-    """Build the certified data, train one predictor (``"nfpn"`` or ``"mlp"``) and evaluate it on the test split.
+    """Build the certified data of a family (or read the user's data file and split it), train one predictor
+    (``"nfpn"`` or ``"mlp"``) and evaluate it on the test (validation) split.
 
     The model is initialised from ``config.seed``. With ``config.run_dir`` the trainer keeps its run folder
     (and refuses one that holds a checkpoint unless ``resume`` / ``force``) and ``weights.pt`` is written at
@@ -248,14 +275,16 @@ def train_run(
     """
     if model_name not in ("nfpn", "mlp"):
         raise UserInputError(f"--model must be nfpn or mlp, got {model_name!r}")
-    fam = data_config.make_family()
-    spec = ModelSpec(model_name, fam.n, fam.m, data_config.context_dim, nfpn)
+    spec = ModelSpec(model_name, *data_config.sizes(), nfpn)
     seed_everything(config.seed)
     model = spec.build()  # sizes checked before the (slower) data generation
     if log is not None:
-        log(f"building {data_config.n_train} + {data_config.n_test} certified {data_config.family} games ...")
-    train, test = make_dataset(data_config)
-    description = {"data": asdict(data_config), "model": spec.to_dict()}
+        if isinstance(data_config, FileDataConfig):
+            log(f"data {data_config.path}: {data_config.n_samples} samples, {data_config.n_val} held out for validation")
+        else:
+            log(f"building {data_config.n_train} + {data_config.n_test} certified {data_config.family} games ...")
+    train, test = data_config.splits()
+    description = {"data": data_description(data_config), "model": spec.to_dict()}
     run_config = _dotted(description, "games")  # flat keys: a resume mismatch names the exact field
     result = train_model(model, train, config, val=test if len(test) else None, run_config=run_config, log=log)
     metrics = evaluate(model, test) if len(test) else {}
@@ -323,7 +352,7 @@ def _games_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def load_trained(
     path: str | Path, solve_changes: dict[str, Any] | None = None, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, GameDataConfig]:
+) -> tuple[nn.Module, DataConfig]:
     """Rebuild a model written by ``fpntools games train`` (a run folder, its ``weights.pt`` or ``checkpoint.pt``).
 
     ``solve_changes`` override fields of the N-FPN's ``SolveConfig`` (e.g. ``{"max_iter": 500}``). Raises a
@@ -334,16 +363,13 @@ def load_trained(
     if not path.exists():
         raise UserInputError(f"no such run folder or weights file: {path}")
     desc, weights = _games_state(path)
-    try:
-        data_cfg = GameDataConfig(**desc["data"])
-    except TypeError as exc:
-        raise UserInputError(f"{path}: invalid data description ({exc})") from None
+    data_cfg = _data_config(desc["data"], path)
     spec = ModelSpec.from_dict(desc["model"])
-    fam = data_cfg.make_family()
-    if (spec.n, spec.m, spec.context_dim) != (fam.n, fam.m, data_cfg.context_dim):
+    n, m, p = data_cfg.sizes()
+    if (spec.n, spec.m, spec.context_dim) != (n, m, p):
         raise UserInputError(
             f"{path}: the model is for {spec.n}x{spec.m} games with {spec.context_dim} context entries, but its data "
-            f"description gives {fam.n}x{fam.m} games with {data_cfg.context_dim}"
+            f"description gives {n}x{m} games with {p}"
         )
     bad = sorted(k for k, t in weights.items() if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()))
     if bad:
@@ -351,6 +377,7 @@ def load_trained(
     if solve_changes:
         spec = replace(spec, nfpn=replace(spec.nfpn, solve=spec.nfpn.solve.with_(**solve_changes)))
     model = spec.build()
+    weights = _with_default_scalers(model, weights)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -358,6 +385,54 @@ def load_trained(
         detail = " ".join(lines[1:3]) if len(lines) > 1 else lines[0]
         raise UserInputError(f"{path}: the weights do not match the model description ({detail})") from None
     return model.to(device), data_cfg
+
+
+def _with_default_scalers(model: nn.Module, weights: dict[str, Any]) -> dict[str, Any]:
+    """Weights written before contexts were standardised lack the :class:`ContextScaler` buffers: they get the
+    identity scaler (what those models computed), every other missing key stays an error."""
+    scalers = {name for name, mod in model.named_modules() if isinstance(mod, ContextScaler)}
+    missing = {f"{name}.{buf}": t for name in scalers for buf, t in model.get_submodule(name).named_buffers()}
+    if not missing or any(k in weights for k in missing):
+        return weights
+    return {**weights, **{k: t.clone() for k, t in missing.items()}}
+
+
+def predict_contexts(model: nn.Module, contexts: np.ndarray, what: str = "model") -> tuple[np.ndarray, dict[str, float]]:
+    """Predicted equilibria ``(m, n + m_2)`` (float64, each strategy renormalised to sum to 1) of a trained model
+    for contexts ``(m, p)`` and the solver statistics; failed solves raise :class:`~fpntools.cli_support.NotUsableError`, solves that stopped at the
+    budget warn (:func:`solver_report`)."""
+    from problems.games.model import check_context_tensor
+
+    d = check_context_tensor(torch.as_tensor(contexts, dtype=torch.float32), model.context_dim)
+    z, stats = predict(model, d)
+    z = z.double().numpy()
+    solver_report({**stats, **({} if np.isfinite(z).all() else {"err": float("nan")})}, what=what)
+    # the model computes in float32: renormalise each strategy in float64 so that it sums to 1 to round-off
+    n = model.n
+    for part in (z[:, :n], z[:, n:]):
+        np.clip(part, 0.0, None, out=part)
+        part /= part.sum(axis=1, keepdims=True)
+    return z, stats
+
+
+def evaluate_file(
+    path: str | Path,
+    data_file: str | Path,
+    solve_changes: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    simplex_tol: float | None = None,
+) -> tuple[dict[str, float], GameDataset]:
+    """Metrics (:func:`evaluate`) of a trained model on the samples of a data file (its sizes must match)."""
+    model, cfg = load_trained(path, solve_changes, device)
+    tol = simplex_tol if simplex_tol is not None else getattr(cfg, "simplex_tol", None)
+    data = load_game_data(data_file, **({} if tol is None else {"simplex_tol": tol}))
+    sizes = (data.n, data.m, int(data.d.shape[1]))
+    if sizes != (model.n, model.m, model.context_dim):
+        raise UserInputError(
+            f"{data_file} holds {sizes[0]}x{sizes[1]} games with {sizes[2]} context entries, but the model is for "
+            f"{model.n}x{model.m} games with {model.context_dim}"
+        )
+    return evaluate(model, data), data
 
 
 def evaluate_run(
@@ -369,6 +444,12 @@ def evaluate_run(
     """Held-out metrics (:func:`evaluate`) of a trained model (:func:`load_trained`) on the test games of its
     own data description (the same seeds, so the same games), optionally ``n_test`` of them."""
     model, cfg = load_trained(path, solve_changes, device)
+    if isinstance(cfg, FileDataConfig):  # the validation split of its own (unchanged) data file
+        if n_test is not None:
+            raise UserInputError("--n-test applies to models of a built-in family; pass --data FILE to score another file")
+        if cfg.n_val < 1:
+            raise UserInputError("the model was trained without a validation split; pass --data FILE")
+        return evaluate(model, cfg.splits()[1]), cfg
     if n_test is not None:
         cfg = replace(cfg, n_test=n_test)
     if cfg.n_test < 1:
