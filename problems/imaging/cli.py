@@ -1,4 +1,4 @@
-"""``fpntools imaging``: denoise / inpaint grayscale images with the shipped DEQ decoder, and the benchmark.
+"""``fpntools imaging``: denoise / inpaint grayscale and colour images with the shipped DEQ decoder, and the benchmark.
 
 Every restoration optimises the decoder's latent input by the augmented joint fixed point. Bad input files
 give a one-line ``error: ...`` and exit code 2; the output file is written atomically at the very end, so a
@@ -37,52 +37,63 @@ def _run(fn: Callable[[], None]) -> None:
         raise typer.Exit(EXIT_NOT_USABLE) from None
 
 
-_SIZES = "PNG/TIFF, sides multiples of 4 from 16 to 1024 px, at most 65,536 pixels (256x256)"
+_SIZES = ("PNG/TIFF, grayscale, gray + alpha, RGB or RGBA (alpha kept), sides from 16 to 8192 px, at most 4096x4096 "
+          "pixels; large images go in overlapping tiles")
+_TILE_HELP = "largest tile side (multiple of 4; 0: 256); larger images are cut into overlapping tiles"
+_COLOUR_HELP = "colour planes: opponent (luminance + two chrominance planes) or rgb (per channel)"
 
 
 @app.command()
 def denoise(
-    image: Path = typer.Argument(..., help=f"grayscale image ({_SIZES})"),
+    image: Path = typer.Argument(..., help=f"image ({_SIZES})"),
     sigma: float = typer.Option(0.2, help="noise standard deviation (pixel range [0, 1])"),
     out: Path = typer.Option(..., help="output PNG"),
     weights: str = typer.Option("", help="decoder weights (default: the shipped data/imaging weights)"),
     max_iter: int = typer.Option(0, help="joint fixed-point iterations (0: default)"),
+    tile: int = typer.Option(0, help=_TILE_HELP),
+    colour: str = typer.Option("opponent", help=_COLOUR_HELP),
 ) -> None:
     """Denoise IMAGE by optimising the decoder latent (augmented DEQ) under a Gaussian noise model. Progress on
     stderr; exit code 3 (nothing written) when the result is not usable."""
     from problems.imaging.commands import restore_file
 
-    _run(lambda: typer.echo(restore_file("denoise", image, out, sigma=sigma, weights=weights, max_iter=max_iter)))
+    _run(lambda: typer.echo(restore_file("denoise", image, out, sigma=sigma, weights=weights, max_iter=max_iter,
+                                         tile=tile, colour=colour)))
 
 
 @app.command()
 def inpaint(
-    image: Path = typer.Argument(..., help=f"grayscale image, missing pixels may hold any value ({_SIZES})"),
+    image: Path = typer.Argument(..., help=f"image, missing pixels may hold any value ({_SIZES})"),
     mask: Path = typer.Option(..., help="mask PNG of the same size: white (nonzero) = known pixel, black = missing"),
     out: Path = typer.Option(..., help="output PNG"),
     sigma: float = typer.Option(0.0, help="noise level of the known pixels (0: noiseless)"),
     weights: str = typer.Option("", help="decoder weights (default: the shipped weights)"),
     max_iter: int = typer.Option(0, help="joint fixed-point iterations (0: default)"),
+    tile: int = typer.Option(0, help=_TILE_HELP),
+    colour: str = typer.Option("opponent", help=_COLOUR_HELP),
 ) -> None:
     """Fill the missing pixels of IMAGE (given by MASK) with the decoder fitted to the known pixels. Progress on
     stderr; exit code 3 (nothing written) when the result is not usable."""
     from problems.imaging.commands import restore_file
 
     _run(lambda: typer.echo(restore_file("inpaint", image, out, sigma=sigma, mask=mask, weights=weights,
-                                         max_iter=max_iter)))
+                                         max_iter=max_iter, tile=tile, colour=colour)))
 
 
 @app.command()
 def fit(
-    image: Path = typer.Argument(..., help="grayscale image to represent with the decoder"),
+    image: Path = typer.Argument(..., help=f"image to represent with the decoder ({_SIZES})"),
     out: Path = typer.Option(..., help="output PNG (the decoded fit)"),
     weights: str = typer.Option("", help="decoder weights (default: the shipped weights)"),
     max_iter: int = typer.Option(0, help="joint fixed-point iterations (0: default)"),
+    tile: int = typer.Option(0, help=_TILE_HELP),
+    colour: str = typer.Option("opponent", help=_COLOUR_HELP),
 ) -> None:
     """Latent fitting: find the latent whose decoding matches IMAGE (prints the PSNR of the fit)."""
     from problems.imaging.commands import restore_file
 
-    _run(lambda: typer.echo(restore_file("fit", image, out, weights=weights, max_iter=max_iter)))
+    _run(lambda: typer.echo(restore_file("fit", image, out, weights=weights, max_iter=max_iter, tile=tile,
+                                         colour=colour)))
 
 
 @app.command()

@@ -1,21 +1,19 @@
 """What the ``fpntools imaging`` commands do, as library functions (the CLI module only parses arguments).
 
 * :func:`load_frozen_decoder`: the decoder for inference (weights frozen).
-* :func:`restore_file`: ``denoise`` / ``inpaint`` / ``fit`` of one image file: input and output checks before
-  any computation, the augmented joint solve with progress on stderr (:class:`ProgressCounter`), a verdict on
-  whether the result is usable (:func:`judge_restoration`), and the atomic write.
+* :func:`restore_file`: ``denoise`` / ``inpaint`` / ``fit`` of one image file (grayscale, gray + alpha, RGB or
+  RGBA, any size from 16 pixels a side up to :data:`MAX_PIXELS`): input and output checks before any
+  computation, the restoration by :func:`problems.imaging.restore.restore_array` (colour planes, overlapping
+  tiles in memory-bounded batches, the fast joint solve) with progress on stderr (:class:`ProgressCounter`), a
+  verdict (:func:`verdict`), and the atomic write.
 * :func:`run_tune` / :func:`run_bench_table`: the validation tuning and the benchmark table, line by line.
 
-Usability of a restoration (:func:`judge_restoration`). The joint solve is a fixed-point iteration on the
-stacked state ``(z, x, mu)``; it stops when its relative residual reaches ``tol`` (1e-6) or after its budget
-(``settle_iters + max_iter`` iterations). Its output is the decoding ``h(z*(x_K))`` of the last latent, with an
-accurate equilibrium solve, so it is a valid image whenever ``x_K`` is finite. It is *usable* when it is finite
-and the latent objective ``L(x_K)`` (data fit + prior, evaluated with that accurate equilibrium) is not above
-``L(x_hat) (1 + 1e-3)``, the objective of the encoder's estimate where the solve started: the optimisation has
-then improved on the amortised restoration or kept it. A solve that stopped at its budget with a usable output is
-reported with a warning and exit code 0 (inpainting often ends so: docs/imaging.md, "Speed, inpainting"); a
-non-finite solve or one that ended above its start raises :class:`~fpntools.cli_support.NotUsableError`
-(exit code 3) and nothing is written.
+Usability (:func:`verdict`). Every tile's joint solve starts at the encoder's estimate and its latent objective
+(data fit + prior) is evaluated at both ends; a tile whose objective rose or went non-finite keeps the encoder's
+restoration (:mod:`problems.imaging.restore`), so the output is never worse than the amortised restoration. The
+output is *not usable* only when it is not finite (the decoder itself overflowed): :class:`NotUsableError`,
+exit code 3, nothing written. A usable output whose joint solves did not all reach their tolerance within the
+iteration budget is written with a warning (exit code 0).
 """
 
 from __future__ import annotations
@@ -30,47 +28,30 @@ from typing import Callable
 import numpy as np
 import torch
 
-from fpntools.augmented import AugmentedResult, Counter
+from fpntools.augmented import Counter
 from fpntools.cli_support import NotUsableError, check_output_path, warn
 from fpntools.errors import UserInputError
-from fpntools.info import Status
 from fpntools.metrics import psnr
 from problems.imaging.model import DEQDecoder, load_decoder
-from problems.imaging.tasks import (
-    LAM_MIN,
-    TaskConfig,
-    keep_known,
-    lam_for_sigma,
-    make_problem,
-    restore_augmented,
-)
+from problems.imaging.restore import COLOUR_MODES, RestoredImage, RestoreSettings, restore_array
+from problems.imaging.tasks import LAM_MIN, lam_for_sigma
 
 __all__ = [
     "MAX_PIXELS",
-    "RISE_TOL",
     "ProgressCounter",
-    "RestoreOutcome",
     "load_frozen_decoder",
-    "judge_restoration",
-    "restore_image",
+    "verdict",
     "restore_file",
     "run_tune",
     "run_bench_table",
 ]
 
-MAX_PIXELS = 256 * 256
-"""Largest accepted image (pixel count; sides up to 1024). The joint solve runs about 340 applications of the
-DEQ layer, its VJP and the decoder head at full resolution, linear in the pixel count: with the commands of
-docs/imaging.md ("Image size and time") a 256x256 image took 1-3 minutes on this project's shared 2-core CPU,
-so 1024x1024 would take 15-50. Larger images: crop or downscale them first."""
+MAX_PIXELS = 4096 * 4096
+"""Largest accepted image (pixel count, per channel; sides up to 8192). Memory is bounded by the tile batches
+whatever the size; the time grows linearly with the pixel count (docs/imaging.md, "Speed": a few seconds per
+256x256 plane on one core), so this is about 20 minutes per plane."""
 
-RISE_TOL = 1e-3
-"""Relative rise of the latent objective above its start beyond which a restoration is not usable."""
-
-_SIZE_HINT = (
-    "a restoration's time grows with the pixel count: 256x256 takes 1-3 minutes on a 2-core CPU, 1024x1024 "
-    "would take 15-50; crop or downscale it"
-)
+_SIZE_HINT = "the time grows with the pixel count, about 20 minutes per 4096x4096 plane on one core; crop or downscale it"
 
 
 def load_frozen_decoder(weights: str | Path | None = None) -> DEQDecoder:
@@ -85,12 +66,13 @@ def load_frozen_decoder(weights: str | Path | None = None) -> DEQDecoder:
 class ProgressCounter(Counter):
     """A :class:`fpntools.augmented.Counter` that also reports the joint solve's progress: at the first joint
     iteration and then every ``every`` seconds one line ``<label>: joint iteration k of at most N, t s`` through
-    ``log`` (default: stderr)."""
+    ``log`` (default: stderr); ``since`` (a ``perf_counter`` time) makes ``t`` the time of the whole command."""
 
     total: int = 0
     label: str = "imaging"
     every: float = 2.0
     log: Callable[[str], None] | None = None
+    since: float | None = None
     _last: float = field(default=0.0, repr=False)
     _iters: int = field(default=0, repr=False)
 
@@ -105,72 +87,32 @@ class ProgressCounter(Counter):
         if self._iters == 1 or now - self._last >= self.every:
             self._last = now
             of = f" of at most {self.total}" if self.total else ""
-            line = f"{self.label}: joint iteration {self._iters}{of}, {self.elapsed:.0f} s"
+            t = self.elapsed if self.since is None else now - self.since
+            line = f"{self.label}: joint iteration {self._iters}{of}, {t:.0f} s"
             if self.log is not None:
                 self.log(line)
             else:
                 print(line, file=sys.stderr, flush=True)
 
 
-@dataclass
-class RestoreOutcome:
-    """A restoration and its verdict: the ``image``, the joint solve's ``result``, the latent objective at the
-    start (the encoder's estimate) and at the end (accurate equilibria), ``usable`` and a one-line ``message``."""
-
-    image: np.ndarray
-    result: AugmentedResult
-    start_objective: float
-    final_objective: float
-    usable: bool
-    message: str
-
-
-def judge_restoration(image: np.ndarray, res: AugmentedResult, start: float, final: float) -> tuple[bool, str]:
-    """``(usable, message)`` for a joint solve's output (see the module docstring for the rule)."""
-    status = res.info.status
-    done = {Status.CONVERGED: "converged", Status.MAX_ITER: "stopped at its iteration budget",
-            Status.DIVERGED: "diverged", Status.NONFINITE: "went non-finite"}[status]
-    iters = sum(int(i.steps.max()) for i in res.infos)
-    what = (f"joint solve {done} after {iters} iterations "
-            f"(relative residual {float(res.info.residual.max()):.2e}, tol {res.info.tol:.0e})")
-    if status == Status.NONFINITE or not np.isfinite(image).all() or not math.isfinite(final):
-        return False, f"{what}: the result is not finite"
-    if final > start * (1 + RISE_TOL):
-        return False, (f"{what}: the latent objective rose from {start:.6g} (encoder's estimate) to {final:.6g}; "
-                       "the output would be worse than the starting point")
-    if status == Status.CONVERGED:
-        verdict = "converged"
-    elif final < start:
-        verdict = "stopped early but improved on its start"
-    else:
-        verdict = "the solve did not improve on its start: the output is the encoder's restoration"
-    return True, f"{what}, objective {start:.6g} -> {final:.6g}: output usable ({verdict})"
-
-
-def restore_image(model: DEQDecoder, y: np.ndarray, mask: np.ndarray | None, cfg: TaskConfig,
-                  progress: ProgressCounter | None = None) -> RestoreOutcome:
-    """Restore ``y`` by the augmented joint solve (:func:`problems.imaging.tasks.restore_augmented`) and judge
-    the output (:func:`judge_restoration`); noiseless inpainting keeps the known pixels."""
-    prob = make_problem(model, y, mask, cfg)
-    start = float(prob.objective(prob.x0()).sum())
-    if progress is not None:
-        progress.start()
-    img, res = restore_augmented(model, y, mask, cfg, counter=progress)
-    final = float(prob.objective(res.x).sum())
-    img = keep_known(img, y, mask, cfg.sigma)
-    usable, message = judge_restoration(img, res, start, final)
-    return RestoreOutcome(img, res, start, final, usable, message)
+def verdict(out: RestoredImage) -> tuple[bool, str]:
+    """``(usable, message)`` of a restoration (module docstring): usable when finite; the message names the
+    tiles, how many joint solves converged, the objective and the tiles that kept the encoder's restoration."""
+    if not out.finite:
+        return False, f"{out.summary()}: the result is not finite"
+    done = "converged" if out.converged == out.tiles else "stopped at its iteration budget in some tiles"
+    return True, f"joint solve {done}; {out.summary()}: output usable"
 
 
 def restore_file(kind: str, image: str | Path, out: str | Path, *, sigma: float = 0.0, mask: str | Path | None = None,
-                 weights: str | None = None, max_iter: int = 0, threads: int = 0,
-                 log: Callable[[str], None] | None = None) -> str:
+                 weights: str | None = None, max_iter: int = 0, threads: int = 0, tile: int = 0,
+                 colour: str = "opponent", log: Callable[[str], None] | None = None) -> str:
     """``denoise`` / ``inpaint`` / ``fit`` the image file ``image`` into the PNG ``out``; returns the final
     message (progress and warnings go to stderr).
 
     Every input (options, image, mask, output path, weights) is checked before the solve: bad input is a
     one-line :class:`UserInputError`. A result that is not usable raises :class:`NotUsableError` and writes
-    nothing; a usable one that stopped at its budget gives a warning.
+    nothing; a usable one whose joint solves stopped at their budget gives a warning.
     """
     from problems.imaging.data import read_image, read_mask, write_image
 
@@ -182,28 +124,39 @@ def restore_file(kind: str, image: str | Path, out: str | Path, *, sigma: float 
         raise UserInputError(f"--sigma must lie in [0, 1], got {sigma}")
     if max_iter < 0:
         raise UserInputError(f"--max-iter must be nonnegative (0: default), got {max_iter}")
+    if tile and (tile % 4 or not 32 <= tile <= 1024):
+        raise UserInputError(f"--tile must be a multiple of 4 from 32 to 1024 (0: default), got {tile}")
+    if colour not in COLOUR_MODES:
+        raise UserInputError(f"--colour must be one of {', '.join(COLOUR_MODES)}, got {colour!r}")
     out = check_output_path(out, (".png",))
-    y = read_image(image, max_pixels=MAX_PIXELS, size_hint=_SIZE_HINT)
-    known = read_mask(mask, y.shape) if kind == "inpaint" else None
+    y = read_image(image, multiple=1, max_size=8192, max_pixels=MAX_PIXELS, size_hint=_SIZE_HINT, colour=True)
+    known = read_mask(mask, y.shape[:2]) if kind == "inpaint" else None
     model = load_frozen_decoder(weights)
     if threads > 0:
         torch.set_num_threads(threads)
-    cfg = TaskConfig(lam=LAM_MIN, sigma=0.0) if kind == "fit" else TaskConfig(lam=lam_for_sigma(sigma), sigma=sigma)
+    settings = RestoreSettings(colour=colour)
+    if tile:
+        settings = replace(settings, tile=tile, overlap=min(settings.overlap, tile // 4 // 4 * 4))
     if max_iter > 0:
-        cfg = replace(cfg, augmented=replace(cfg.augmented, max_iter=max_iter))
-    h, w = y.shape
-    total = cfg.augmented.settle_iters + cfg.augmented.max_iter
-    progress = ProgressCounter(total=total, label=f"{kind} {h}x{w}", log=log)
-    obs = np.where(known, y, 0.0) if known is not None else y
-    outcome = restore_image(model, obs, known, cfg, progress)
-    seconds = outcome.result.wall_time
-    if not outcome.usable:
-        raise NotUsableError(f"{outcome.message}; {out} not written")
-    if outcome.result.info.status != Status.CONVERGED:
-        warn(outcome.message)
+        settings = replace(settings, max_iter=max_iter)
+    lam_for = (lambda s: LAM_MIN) if kind == "fit" else lam_for_sigma
+    h, w = y.shape[:2]
+    total_iters = settings.settle_iters + settings.max_iter
+    t0 = time.perf_counter()
+
+    def progress(first: int, total: int) -> ProgressCounter:
+        where = f" [tiles from {first + 1} of {total}]" if total > 1 else ""
+        return ProgressCounter(total=total_iters, label=f"{kind} {h}x{w}{where}", log=log, since=t0)
+
+    outcome = restore_array(model, y, known, 0.0 if kind == "fit" else sigma, lam_for, settings, progress)
+    usable, message = verdict(outcome)
+    if not usable:
+        raise NotUsableError(f"{message}; {out} not written")
+    if outcome.converged < outcome.tiles:
+        warn(message)
     write_image(out, outcome.image)
     fit = f", PSNR of the fit {float(psnr(np.clip(outcome.image, 0, 1), y)):.2f} dB" if kind == "fit" else ""
-    return f"wrote {out}{fit} ({outcome.message}; {seconds:.1f} s)"
+    return f"wrote {out}{fit} ({message}; {outcome.seconds:.1f} s)"
 
 
 def _numbers(text: str, option: str) -> tuple[float, ...]:

@@ -232,23 +232,32 @@ def _to_unit(arr: np.ndarray, path: str | os.PathLike, what: str) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike, *, multiple: int = 4, min_size: int = 16, max_size: int = 1024,
-               max_pixels: int | None = None, size_hint: str = "") -> np.ndarray:
-    """Read a grayscale image as float64 ``(H, W)`` in ``[0, 1]``; clear :class:`UserInputError` otherwise.
+               max_pixels: int | None = None, size_hint: str = "", colour: bool = False) -> np.ndarray:
+    """Read an image as float64 ``(H, W)`` (or ``(H, W, C)`` with ``colour``) in ``[0, 1]``; clear
+    :class:`UserInputError` otherwise.
 
-    Accepted: 8/16-bit integer or float ([0, 1], finite) single-channel files (PNG, TIFF, ...), side lengths
-    between ``min_size`` and ``max_size`` that are multiples of ``multiple`` (the decoder's latent grid).
-    ``max_pixels`` bounds ``H * W`` (the cost of a restoration grows with it); ``size_hint`` is appended to
-    the message for an image above ``max_size`` or ``max_pixels`` (why the limit, what to do).
+    Accepted: 8/16-bit integer or float ([0, 1], finite) files (PNG, TIFF, ...), single-channel, or with
+    ``colour`` also gray + alpha, RGB and RGBA (``C`` = 2, 3, 4); side lengths between ``min_size`` and
+    ``max_size`` that are multiples of ``multiple`` (1: any). ``max_pixels`` bounds ``H * W`` (the cost of a
+    restoration grows with it); ``size_hint`` is appended to the message for an image above ``max_size`` or
+    ``max_pixels`` (why the limit, what to do).
     """
-    arr = _check_gray(_read_raw(path, "image"), path, "image")
-    h, w = arr.shape
+    raw = _read_raw(path, "image")
+    if colour and raw.ndim == 3 and raw.shape[2] in (2, 3, 4):
+        arr = raw
+    elif colour and raw.ndim == 3 and raw.shape[2] != 1:
+        raise UserInputError(f"image {path} has {raw.shape[2]} channels; expected grayscale, gray + alpha, RGB or "
+                             "RGBA (1-4 channels)")
+    else:
+        arr = _check_gray(raw, path, "image")
+    h, w = arr.shape[:2]
     if h < min_size or w < min_size or h > max_size or w > max_size:
         hint = f" ({size_hint})" if size_hint and max(h, w) > max_size else ""
         raise UserInputError(f"image {path} is {h}x{w}; sides must lie between {min_size} and {max_size} pixels{hint}")
     if max_pixels is not None and h * w > max_pixels:
         hint = f" ({size_hint})" if size_hint else ""
         raise UserInputError(f"image {path} is {h}x{w} = {h * w:,} pixels; at most {max_pixels:,} are accepted{hint}")
-    if h % multiple or w % multiple:
+    if multiple > 1 and (h % multiple or w % multiple):
         raise UserInputError(f"image {path} is {h}x{w}; both sides must be multiples of {multiple}")
     return _to_unit(arr, path, "image")
 
@@ -266,7 +275,8 @@ def read_mask(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Write ``img`` in ``[0, 1]`` as an 8-bit PNG atomically (no partial file on failure)."""
+    """Write ``img`` ``(H, W)`` or ``(H, W, C)`` in ``[0, 1]`` as an 8-bit PNG atomically (no partial file on
+    failure)."""
     from fpntools.training.checkpoint import atomic_write_bytes
 
     p = Path(path)
