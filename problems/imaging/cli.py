@@ -184,11 +184,25 @@ def bench(
     tasks: str = typer.Option("all", help="'all' or comma-separated task names: denoise0.2,denoise0.4,inpaint"),
     weights: str = typer.Option("", help="decoder weights"),
     threads: int = typer.Option(1, help="torch threads"),
+    dataset: str = typer.Option("", help="set12 or bsd68: the natural-image benchmark (then --size, --images, "
+                                "--repeats and --tasks do not apply)"),
+    sigma: str = typer.Option("15,25,50", help="with --dataset: noise levels on the 0-255 scale"),
+    limit: int = typer.Option(0, help="with --dataset: the first N images only (0: all)"),
+    masks: bool = typer.Option(True, "--masks/--no-masks", help="with --dataset: the inpainting rows"),
+    naive_crop: int = typer.Option(96, help="with --dataset: crop side of the naive-vs-joint speed rows (0: skip)"),
+    data_root: str = typer.Option("", help="folder holding Set12/, BSD68/, train400/ "
+                                  "(default ../shared/data/natural-images)"),
 ) -> None:
     """PSNR of augmented DEQ vs naive nested vs TV on held-out images, and the wall time / evaluations each
-    needs to reach the same objective value (the naive method's final objective, see docs/imaging.md)."""
-    from problems.imaging.commands import run_bench_table
+    needs to reach the same objective value (the naive method's final objective, see docs/imaging.md). With
+    --dataset: the standard benchmark on Set12 / BSD68 (augmented DEQ, encoder alone, TV tuned and oracle, BM3D,
+    published figures, naive speed, inpainting against biharmonic and TV)."""
+    from problems.imaging.commands import run_bench_table, run_dataset_bench
 
+    if dataset:
+        _run(lambda: run_dataset_bench(dataset, sigma, limit, masks, naive_crop, typer.echo, weights=weights,
+                                       threads=threads, data_root=data_root or None))
+        return
     _run(lambda: run_bench_table(size, images, repeats, tasks, typer.echo, weights=weights, threads=threads))
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "restore_file",
     "run_tune",
     "run_bench_table",
+    "run_dataset_bench",
 ]
 
 MAX_PIXELS = 4096 * 4096
@@ -227,3 +228,26 @@ def run_bench_table(size: int, images: str, repeats: int, tasks: str, emit: Call
     for line in HEADER:
         emit(line)
     run_bench(model, names, size, chosen, repeats=repeats, progress=lambda row: emit(format_row(row)))
+
+
+def run_dataset_bench(dataset: str, sigmas: str, limit: int, masks: bool, naive_crop: int, emit: Callable[[str], None],
+                      weights: str | None = None, threads: int = 1, data_root: str | None = None) -> None:
+    """``fpntools imaging bench --dataset set12|bsd68``: options checked, then
+    :func:`problems.imaging.natural.run_natural_bench` (tables through ``emit``, progress on stderr)."""
+    from problems.imaging.natural import DATASETS, run_natural_bench
+
+    if dataset.lower() not in DATASETS:
+        raise UserInputError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    levels = _numbers(sigmas, "--sigma")
+    if not all(0 < s <= 100 for s in levels):
+        raise UserInputError(f"--sigma must be noise levels in (0, 100] on the 0-255 scale, got {sigmas!r}")
+    if limit < 0:
+        raise UserInputError(f"--limit must be nonnegative (0: all images), got {limit}")
+    if naive_crop and (naive_crop % 4 or not 32 <= naive_crop <= 256):
+        raise UserInputError(f"--naive-crop must be 0 or a multiple of 4 from 32 to 256, got {naive_crop}")
+    torch.set_num_threads(max(1, threads))
+    model = load_frozen_decoder(weights)
+    emit(f"fpntools imaging bench --dataset {dataset} --sigma {sigmas} --limit {limit} --naive-crop {naive_crop}"
+         f"{'' if masks else ' --no-masks'} --threads {threads}")
+    run_natural_bench(model, dataset, levels, emit, limit=limit, masks=masks, naive_crop=naive_crop, root=data_root,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))
