@@ -53,6 +53,88 @@ def test_fixed_point_solves_its_own_learned_game(splitting):
         assert model.contraction_factor(d).max() < 1.0
 
 
+def test_face_solve_is_the_exact_equilibrium_and_its_gradient():
+    """``face_solve``: the KKT solve on the fixed point's face is the learned game's equilibrium to round-off, and
+    its autograd gradient is the derivative of the equilibrium map (float64 central differences of the fixed
+    point solved without the face solve)."""
+    exact = _model(face_solve=True, solve=default_solve().with_(tol=1e-12, max_iter=2000)).double()
+    plain = _model(solve=default_solve().with_(tol=1e-13, max_iter=4000)).double()
+    plain.load_state_dict(exact.state_dict())
+    d = torch.rand(12, 5, dtype=torch.float64) * 2 - 1
+    z, info = exact(d)
+    assert info.status == fpntools.Status.CONVERGED
+    with torch.no_grad():
+        z_plain, _ = plain(d)
+        assert (z == 0).any() and (z > 0).any()  # boundary equilibria
+        torch.testing.assert_close(z, z_plain, atol=1e-9, rtol=0)
+        assert exact.vi_gap(z, d).abs().max() < 1e-13 < plain.vi_gap(z_plain, d).abs().max() + 1e-13
+        for alpha in (0.1, 1.0, 10.0):
+            assert exact.vi_residual(z, d, alpha).max() < 1e-12 * max(alpha, 1.0)
+    w = torch.randn(12, 7, dtype=torch.float64)
+    bias = exact.game.net[-1].bias
+    (grad,) = torch.autograd.grad((w * z).sum(), bias)
+    fd = torch.zeros_like(bias)
+    eps = 1e-6
+    pbias = plain.game.net[-1].bias
+    entries = list(range(0, bias.numel(), 3))  # payoff entries of both matrices and linear terms
+    with torch.no_grad():
+        for k in entries:
+            vals = []
+            for sign in (1.0, -1.0):
+                pbias[k] += sign * eps
+                vals.append(float((w * plain(d)[0]).sum()))
+                pbias[k] -= sign * eps
+            fd[k] = (vals[0] - vals[1]) / (2 * eps)
+    torch.testing.assert_close(grad[entries], fd[entries], atol=1e-6, rtol=1e-5)
+    assert grad[entries].abs().max() > 1e-2
+
+
+def test_face_solve_certifies_stiff_games_from_a_rough_start():
+    """The active-set correction reaches the exact equilibrium of stiff learned games (payoffs 100x those at
+    initialisation, a hundred Anderson steps and more to converge) from one solver step; certified samples count as
+    converged, with the residual of the returned point."""
+    torch.manual_seed(1)
+    rough = NashFPN(5, 4, 5, NFPNConfig(hidden=16, face_solve=True, solve=default_solve().with_(max_iter=1, eval_max_iter=1))).double()
+    with torch.no_grad():
+        rough.game.net[-1].weight.mul_(100.0)
+    long = NashFPN(5, 4, 5, NFPNConfig(hidden=16, solve=default_solve().with_(tol=1e-10, max_iter=20000, eval_max_iter=20000))).double()
+    long.load_state_dict(rough.state_dict())
+    d = torch.rand(32, 5, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        z, info = rough(d)
+        z_long, info_long = long(d)
+        assert bool(info.converged.all()) and info.status == fpntools.Status.CONVERGED
+        assert bool((info.steps == 1).all()) and info_long.steps.float().mean() > 100
+        assert info.rel_residual.max() < 1e-12
+        torch.testing.assert_close(z, z_long, atol=1e-7, rtol=0)
+        assert rough.vi_gap(z, d).abs().max() < 1e-12
+
+
+def test_player_temperatures_keep_the_game_strongly_monotone():
+    cfg = NFPNConfig(hidden=16, temperature=2.0, gamma=0.9)
+    torch.manual_seed(0)
+    model = NashFPN(3, 4, 5, cfg)
+    with torch.no_grad():
+        model.game.net[-1].weight.mul_(5.0)
+        d = torch.rand(64, 5) * 4 - 2
+        A, B, q, mus = model.game.components(d)
+        J = model.operator(d).J
+        s = torch.linalg.eigvalsh(0.5 * (J + J.transpose(1, 2)))[:, 0]
+    assert mus.min() >= np.exp(-2.0) - 1e-6 and mus.max() <= np.exp(2.0) + 1e-5
+    assert (mus[:, 0] - mus[:, 1]).abs().max() > 0.1  # the players' temperatures differ
+    assert (s >= (1 - 0.9) * mus.min(dim=1).values - 1e-5).all()
+    G = (A + B) / 2
+    assert (torch.linalg.matrix_norm(G, ord=2) <= 0.9 * mus.prod(1).sqrt() + 1e-5).all()
+    torch.testing.assert_close(J[:, 0, 0], mus[:, 0])
+    torch.testing.assert_close(J[:, 3, 3], mus[:, 1])
+    # a configuration written before temperature / face_solve existed means a model without them
+    old = {k: v for k, v in NFPNConfig(face_solve=True, temperature=1.0).to_dict().items()
+           if k not in ("face_solve", "temperature")}
+    assert NFPNConfig.from_dict(old).face_solve is False and NFPNConfig.from_dict(old).temperature == 0.0
+    with pytest.raises(UserInputError, match="temperature"):
+        NFPNConfig(temperature=-1.0)
+
+
 def test_projected_gradient_and_davis_yin_agree():
     pg, dy = _model(), _model(splitting="davis-yin")
     dy.load_state_dict(pg.state_dict())

@@ -12,14 +12,16 @@ import time
 from dataclasses import asdict
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from fpntools.training.trainer import print_to_stderr
-from problems.games.data import GameDataConfig, make_dataset
+from problems.games.data import GameDataConfig, GameDataset, make_dataset
+from problems.games.equilibria import solve_games
 from problems.games.model import NFPNConfig
 from problems.games.train import MODELS, ModelSpec, evaluate, recipe, seed_everything, solver_report, train_model
 
-__all__ = ["run_bench", "bench_report", "bench_json", "data_config"]
+__all__ = ["run_bench", "bench_models", "solver_time", "bench_report", "bench_json", "data_config"]
 
 
 def data_config(family: str, n_actions: int, context_dim: int, n_train: int, n_test: int, seed: int) -> GameDataConfig:
@@ -33,6 +35,19 @@ def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def solver_time(data: GameDataset, repeats: int = 1) -> tuple[float, str]:
+    """Milliseconds per game that the certified solver (:func:`~problems.games.equilibria.solve_games`: the
+    minimax LP for zero-sum games, support enumeration otherwise) takes on the games of ``data`` (the best of
+    ``repeats`` timings), and the method's name. Zero-sum means ``B = -A`` for every game."""
+    zero_sum = bool(np.allclose(data.B, -data.A))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        eq = solve_games(data.A, data.B, zero_sum)
+        best = min(best, time.perf_counter() - t0)
+    return 1e3 * best / max(len(data), 1), eq.method
+
+
 def run_bench(
     data_config: GameDataConfig,
     epochs: int = 100,
@@ -44,29 +59,52 @@ def run_bench(
     lr: float = 1e-2,
     device: str = "cpu",
     log: Callable[[str], None] | None = print_to_stderr,
+    nfpn: NFPNConfig | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train each model on the same certified data and evaluate on the held-out split.
+    """Build the certified data of a family and :func:`bench_models` on it.
 
     Returns ``(rows, data_summary)``: one row per model with ``model``, ``params``, ``train_s`` and the
-    :func:`~problems.games.train.evaluate` metrics; the summary states the ground-truth method and the
-    largest certified Nash gap of the training and test targets. ``log`` gets one line per model.
+    :func:`~problems.games.train.evaluate` metrics; the summary states the ground-truth method, the largest
+    certified Nash gap of the training and test targets and the solver's time per game. ``log`` gets one line
+    per model. ``nfpn`` overrides the N-FPN configuration (default ``NFPNConfig(hidden, layers, splitting)``).
     """
-    nfpn = NFPNConfig(hidden=hidden, layers=layers, splitting=splitting)
-    fam = data_config.make_family()
-    specs = {name: ModelSpec(name, fam.n, fam.m, data_config.context_dim, nfpn) for name in MODELS}
     t0 = time.perf_counter()
     if log is not None:
         log(f"building {data_config.n_train} + {data_config.n_test} certified {data_config.family} games ...")
     train, test = make_dataset(data_config)
-    summary = {
-        "family": train.info["family"],
-        "method": train.info["method"],
+    data_s = time.perf_counter() - t0
+    nfpn = nfpn or NFPNConfig(hidden=hidden, layers=layers, splitting=splitting)
+    rows, summary = bench_models(train, test, nfpn, epochs=epochs, seed=seed, progress=progress, lr=lr, device=device,
+                                 log=log)
+    return rows, {**summary, "data_s": data_s}
+
+
+def bench_models(
+    train: GameDataset,
+    test: GameDataset,
+    nfpn: NFPNConfig,
+    epochs: int = 100,
+    seed: int = 0,
+    progress: bool = False,
+    lr: float = 1e-2,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = print_to_stderr,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train the N-FPN (``nfpn``), the MLP regressor (same width and depth) and the constant predictor on
+    ``train`` and score them on ``test`` (families' generated data or the user's files). ``rows`` as in
+    :func:`run_bench`; with payoffs the summary holds the largest Nash gap of the targets and the certified
+    solver's milliseconds per test game (``solver_ms``)."""
+    specs = {name: ModelSpec(name, train.n, train.m, int(train.d.shape[1]), nfpn) for name in MODELS}
+    summary: dict[str, Any] = {
+        "family": train.info.get("family", "data"),
+        "method": train.info.get("method", "given"),
         "n_train": len(train),
         "n_test": len(test),
-        "max_target_gap": float(max(train.gap.max(), test.gap.max() if len(test) else 0.0)),
         "acceptance": train.acceptance,
-        "data_s": time.perf_counter() - t0,
     }
+    if train.has_payoffs and test.has_payoffs and len(test):
+        summary["max_target_gap"] = float(max(train.gap.max(), test.gap.max()))
+        summary["solver_ms"], summary["solver"] = solver_time(test)
     config = recipe(epochs=epochs, lr=lr, seed=seed, device=device, progress=progress)
     rows = []
     for name, spec in specs.items():
@@ -75,6 +113,7 @@ def run_bench(
         t0 = time.perf_counter()
         if name == "constant":
             model.fit(train.tensors()[1])
+            model.eval()
         else:
             if log is not None:
                 log(f"training {name} ({epochs} epochs)")
@@ -90,13 +129,17 @@ def bench_report(rows: list[dict[str, Any]], summary: dict[str, Any], epochs: in
     from rich.table import Table
 
     console = Console(width=max(Console().width, 100), file=sys.stdout)
+    certified = (f", largest certified Nash gap {summary['max_target_gap']:.1e}" if "max_target_gap" in summary else
+                 " (no payoffs: no Nash gap)")
     console.print(
-        f"{summary['family']}; targets by {summary['method']}, largest certified Nash gap "
-        f"{summary['max_target_gap']:.1e}; {summary['n_train']} train / {summary['n_test']} test games"
+        f"{summary['family']}; targets by {summary['method']}{certified}; {summary['n_train']} train / "
+        f"{summary['n_test']} test games"
         + (f" (unique-equilibrium acceptance {summary['acceptance']:.2f})" if summary["acceptance"] < 1 else "")
     )
+    if "solver_ms" in summary:
+        console.print(f"certified solver ({summary['solver']}): {summary['solver_ms']:.3f} ms per test game")
     table = Table(title=f"equilibrium prediction on the held-out split ({epochs} epochs)")
-    headers = ["model", "params", "err", "rel err", "Nash gap", "train s", "ms/sample", "FP iters"]
+    headers = ["model", "params", "err", "rel err", "Nash gap", "train s", "ms/sample", "x faster", "FP iters"]
     for col in headers:
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for r in rows:
@@ -105,15 +148,17 @@ def bench_report(rows: list[dict[str, Any]], summary: dict[str, Any], epochs: in
             str(r["params"]),
             f"{r['err']:.4f}",
             f"{r['rel_err']:.4f}",
-            f"{r['gap']:.4f}",
+            f"{r['gap']:.4f}" if "gap" in r else "-",
             f"{r['train_s']:.1f}",
             f"{r['ms_per_sample']:.3f}",
+            f"{summary['solver_ms'] / r['ms_per_sample']:.0f}" if "solver_ms" in summary and r["ms_per_sample"] > 0 else "-",
             f"{r['fp_iters']:.1f}" if "fp_iters" in r else "-",
         )
     console.print(table)
     console.print(
         "err: mean ||z - z*||_2 of z = (x, y) to the certified equilibrium; rel err: sum ||z - z*|| / sum ||z*||; "
-        "Nash gap: mean exploitability of the prediction under the true game; FP iters: mean forward solver steps."
+        "Nash gap: mean exploitability of the prediction under the true game; ms/sample: batched prediction time; "
+        "x faster: the certified solver's time per game over it; FP iters: mean forward solver steps."
     )
     for r in rows:
         solver_report(r, what=r["model"])

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from fpntools.config_dict import checked_fields
 from fpntools.errors import UserInputError
-from fpntools.info import FixedPointInfo
+from fpntools.info import FixedPointInfo, Status
 from fpntools.operators import AffineSet, DavisYin, Nonnegative, SimplexProduct
 from fpntools.solve_config import SolveConfig, make_fixed_point
 
@@ -127,6 +127,11 @@ class NFPNConfig:
             ``min_batch alpha(d)``; its fixed point ``w*`` gives the equilibrium ``z* = max(w*, 0)``.
         linear_terms: also learn linear payoff terms ``q(d) = (q_x, q_y)`` (player 1 maximises
             ``x^T A y - q_x^T x - mu/2 ||x||^2``, likewise player 2), so ``F_theta(z) = J z + q``.
+        temperature: ``T >= 0``, learned per-player regularisers: the network also outputs ``t(d) in R^2`` and
+            the players' regularisers are ``mu_x(d) = mu exp(T tanh t_x(d))``, ``mu_y(d)`` likewise (each player's
+            own "temperature": how sharply it best-responds, ``x = P_Delta((A y - q_x) / mu_x)``), with the
+            common-interest bound scaled to ``||G|| <= (gamma / mu) sqrt(mu_x mu_y)``; the modulus is then at
+            least ``(1 - gamma / mu) min(mu_x, mu_y)``. ``0`` (default): both players use ``mu``.
         face_solve: after the solve, replace the fixed point by the exact solution of the learned VI on the
             face of ``C`` that the fixed point lies on (its support): the KKT system of that face is linear
             (:meth:`NashFPN.face_solution`), so its batched dense solve gives the equilibrium to round-off and,
@@ -142,6 +147,7 @@ class NFPNConfig:
     gamma: float = 0.5
     splitting: str = "pg"
     linear_terms: bool = True
+    temperature: float = 0.0
     face_solve: bool = False
     solve: SolveConfig = field(default_factory=default_solve)
 
@@ -156,6 +162,8 @@ class NFPNConfig:
             raise UserInputError(f"need 0 <= gamma < mu for a strongly monotone game, got gamma={self.gamma}, mu={self.mu}")
         if self.hidden < 1 or self.layers < 0:
             raise UserInputError(f"hidden must be >= 1 and layers >= 0, got {self.hidden}, {self.layers}")
+        if not 0.0 <= self.temperature <= 20.0:
+            raise UserInputError(f"temperature (log-range of the players' regularisers) must lie in [0, 20], got {self.temperature}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; :meth:`from_dict` inverts it."""
@@ -163,8 +171,14 @@ class NFPNConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NFPNConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`~fpntools.errors.UserInputError`."""
-        return cls(**checked_fields(cls, d, "N-FPN configuration"))
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`~fpntools.errors.UserInputError`. Files written
+        before ``temperature`` and ``face_solve`` existed lack them: they describe models without either."""
+        fields = checked_fields(cls, d, "N-FPN configuration")
+        return cls(**{**_BEFORE_FACE_SOLVE, **fields})
+
+
+#: What a configuration without the ``temperature`` / ``face_solve`` keys (an older weights file) means.
+_BEFORE_FACE_SOLVE = {"temperature": 0.0, "face_solve": False}
 
 
 def mlp_param_count(inp: int, out: int, hidden: int, layers: int) -> int:
@@ -248,28 +262,43 @@ class LearnedGame(nn.Module):
     def __init__(self, n: int, m: int, context_dim: int, config: NFPNConfig) -> None:
         super().__init__()
         self.n, self.m, self.context_dim, self.config = n, m, context_dim, config
-        extra = n + m if config.linear_terms else 0
+        extra = (n + m if config.linear_terms else 0) + (2 if config.temperature > 0 else 0)
         self.net = mlp(context_dim, 2 * n * m + extra, config.hidden, config.layers)
         self.scaler = ContextScaler(context_dim)
 
-    def payoffs(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Learned payoff matrices ``A_theta(d), B_theta(d)`` ``(B, n, m)`` and linear terms ``q`` ``(B, n + m)``."""
+    def components(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``A_theta, B_theta`` ``(B, n, m)``, linear terms ``q`` ``(B, n + m)`` and the players' regularisers
+        ``(mu_x, mu_y)`` ``(B, 2)`` of contexts ``d``."""
+        cfg = self.config
         out = self.net(self.scaler(d))
         k = self.n * self.m
         raw = out[:, : 2 * k].reshape(-1, 2, self.n, self.m)
         Z, G_raw = raw[:, 0], raw[:, 1]
+        rest = out[:, 2 * k :]
+        if cfg.temperature > 0:
+            mus = cfg.mu * torch.exp(cfg.temperature * torch.tanh(rest[:, -2:]))
+            rest = rest[:, :-2]
+            bound = (cfg.gamma / cfg.mu) * torch.sqrt(mus[:, 0] * mus[:, 1]).view(-1, 1, 1)
+        else:
+            mus = out.new_full((out.shape[0], 2), cfg.mu)
+            bound = out.new_full((out.shape[0], 1, 1), cfg.gamma)
         scale = G_raw.flatten(1).norm(dim=1).clamp_min(1.0).view(-1, 1, 1)
-        G = self.config.gamma * G_raw / scale
-        q = out[:, 2 * k :] if self.config.linear_terms else out.new_zeros(out.shape[0], self.n + self.m)
-        return Z + G, -Z + G, q
+        G = bound * G_raw / scale
+        q = rest if cfg.linear_terms else out.new_zeros(out.shape[0], self.n + self.m)
+        return Z + G, -Z + G, q, mus
+
+    def payoffs(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Learned payoff matrices ``A_theta(d), B_theta(d)`` ``(B, n, m)`` and linear terms ``q`` ``(B, n + m)``."""
+        return self.components(d)[:3]
 
     def operator(self, d: Tensor) -> GameOperator:
-        """``F_theta(.; d)``: ``J(d) = [[mu I, -A], [-B^T, mu I]]``, ``q(d)`` and the step ``alpha(d)``."""
-        A, B, q = self.payoffs(d)
-        mu, batch = self.config.mu, A.shape[0]
+        """``F_theta(.; d)``: ``J(d) = [[mu_x I, -A], [-B^T, mu_y I]]``, ``q(d)`` and the step ``alpha(d)``."""
+        A, B, q, mus = self.components(d)
+        batch = A.shape[0]
         eye_n = torch.eye(self.n, dtype=A.dtype, device=A.device).expand(batch, -1, -1)
         eye_m = torch.eye(self.m, dtype=A.dtype, device=A.device).expand(batch, -1, -1)
-        J = torch.cat([torch.cat([mu * eye_n, -A], dim=2), torch.cat([-B.transpose(1, 2), mu * eye_m], dim=2)], dim=1)
+        mu_x, mu_y = mus[:, 0].view(-1, 1, 1), mus[:, 1].view(-1, 1, 1)
+        J = torch.cat([torch.cat([mu_x * eye_n, -A], dim=2), torch.cat([-B.transpose(1, 2), mu_y * eye_m], dim=2)], dim=1)
         return GameOperator(J, q, self.step_size(J))
 
     @staticmethod
@@ -360,15 +389,20 @@ class NashFPN(nn.Module):
         w, info = self.solver(T, z0=z0)
         z = T.solution(w) if isinstance(T, DavisYin) else w
         if self.config.face_solve:
-            z = self.face_polish(z, F)
+            z, info = self.face_polish(z, F, info)
         return z, info
 
-    #: A face solution is accepted when it is nonnegative to this level and this close to the fixed point.
-    FACE_NEG_TOL = 1e-7
-    FACE_DIST_TOL = 1e-3
+    #: Active-set correction of :meth:`face_polish`: the first ``FACE_BLOCK_ROUNDS`` rounds change every
+    #: violated index at once (fast from a good start, but may cycle), the rest change only the first violated
+    #: index (Murty's least-index principal pivoting, which does not cycle for a positive definite ``J``).
+    FACE_BLOCK_ROUNDS = 4
+    FACE_ROUNDS = 40
+    #: Relative tolerance of the KKT sign checks (entries ``>= -tol``, reduced costs ``>= -tol``), times
+    #: ``1 + max |F(z)|``; float32 round-off of the face solve is far below it.
+    FACE_TOL = 1e-5
 
-    def face_solution(self, support: Tensor, F: GameOperator) -> Tensor:
-        """Exact solution of the learned VI restricted to a face of ``C``.
+    def face_solution(self, support: Tensor, F: GameOperator) -> tuple[Tensor, Tensor]:
+        """Exact solution of the learned VI restricted to a face of ``C``, and its multipliers.
 
         On the face ``{z in aff C : z_i = 0 for i not in S}`` (``S = support``, a boolean ``(B, N)`` mask with
         at least one action of each player) the VI's KKT conditions are linear::
@@ -377,36 +411,81 @@ class NashFPN(nn.Module):
             z_i = 0  (i not in S),    sum x = 1,   sum y = 1,
 
         a ``(N + 2) x (N + 2)`` system per sample, nonsingular because ``J`` is strongly monotone; it is solved
-        by one batched ``torch.linalg.solve`` (differentiable). When ``S`` is the support of the equilibrium,
-        its solution is the equilibrium, and the derivative of the solve is the implicit derivative of the
-        fixed point (for strict complementarity, where the support is locally constant)."""
+        by one batched ``torch.linalg.solve`` (differentiable). Returns ``z`` ``(B, N)`` and
+        ``lambda = (lambda_x, lambda_y)`` ``(B, 2)``. The solution solves the VI on all of ``C`` exactly when
+        ``z >= 0`` and every action off the support has reduced cost ``(J z + q)_i - lambda >= 0`` (then ``S``
+        is the equilibrium's support); the derivative of the solve is then the implicit derivative of the
+        equilibrium map (for strict complementarity, where the support is locally constant)."""
         J, q = F.J, F.q
         B, N = q.shape
         D = support.to(J.dtype)
         E = torch.zeros(N, 2, dtype=J.dtype, device=J.device)
         E[: self.n, 0], E[self.n :, 1] = 1.0, 1.0
         top = torch.cat([D.unsqueeze(2) * J + torch.diag_embed(1.0 - D), -D.unsqueeze(2) * E], dim=2)
-        bottom = torch.cat([(E.t() * D.unsqueeze(1)), J.new_zeros(B, 2, 2)], dim=2)
-        M = torch.cat([top, bottom], dim=1)
+        bottom = torch.cat([E.t() * D.unsqueeze(1), J.new_zeros(B, 2, 2)], dim=2)
         rhs = torch.cat([-D * q, J.new_ones(B, 2)], dim=1)
-        return torch.linalg.solve(M, rhs.unsqueeze(-1)).squeeze(-1)[:, :N]
+        sol = torch.linalg.solve(torch.cat([top, bottom], dim=1), rhs.unsqueeze(-1)).squeeze(-1)
+        return sol[:, :N], sol[:, N:]
 
-    def face_polish(self, z: Tensor, F: GameOperator) -> Tensor:
-        """``z`` replaced by :meth:`face_solution` on its own support where that solution is a nonnegative point
-        within ``FACE_DIST_TOL`` of ``z`` (exact entries and exact gradients there); ``z`` elsewhere."""
-        support = z.detach() > 0
+    def _kkt_violations(self, support: Tensor, z: Tensor, lam: Tensor, F: GameOperator) -> tuple[Tensor, Tensor]:
+        """Entries on the support below ``-tol`` and actions off it with reduced cost below ``-tol``."""
+        Fz = F(z)
+        lam_full = torch.cat([lam[:, :1].expand(-1, self.n), lam[:, 1:].expand(-1, self.m)], dim=1)
+        tol = self.FACE_TOL * (1.0 + Fz.abs().amax(dim=1, keepdim=True))
+        return support & (z < -tol), ~support & (Fz - lam_full < -tol)
+
+    def face_polish(self, z: Tensor, F: GameOperator, info: FixedPointInfo) -> tuple[Tensor, FixedPointInfo]:
+        """Exact equilibria of the learned game from the solver's fixed points (``NFPNConfig.face_solve``).
+
+        Starting from the support of ``z``, an active-set correction (at most :data:`FACE_ROUNDS` rounds, no
+        gradients) solves the face's KKT system (:meth:`face_solution`), drops support entries that came out
+        negative and adds actions with negative reduced cost (all at once for :data:`FACE_BLOCK_ROUNDS` rounds,
+        then the least violated index only), until the KKT conditions hold (a certificate that
+        the face solution is *the* equilibrium). Certified samples get the face solution of their final
+        support, recomputed with gradients (exact implicit gradient); the others keep ``z`` (and the gradient of
+        the model's ``SolveConfig`` backward). The returned info has the residual of the returned points and
+        counts certified samples as converged; the solver's ``steps`` are kept."""
+        finite = torch.isfinite(F.J).flatten(1).all(1) & torch.isfinite(F.q).all(1) & torch.isfinite(z.detach()).all(1)
+        eye = torch.eye(F.J.shape[1], dtype=F.J.dtype, device=F.J.device)
+        Fs = GameOperator(torch.where(finite.view(-1, 1, 1), F.J, eye), torch.where(finite.view(-1, 1), F.q, 0.0), F.alpha)
         with torch.no_grad():
-            ok = support[:, : self.n].any(1) & support[:, self.n :].any(1)
-            ok &= torch.isfinite(F.J).flatten(1).all(1) & torch.isfinite(F.q).all(1)
-            safe = torch.where(ok.unsqueeze(1), support, torch.ones_like(support))
-        Jsafe = torch.where(ok.view(-1, 1, 1), F.J, torch.eye(F.J.shape[1], dtype=F.J.dtype, device=F.J.device))
-        qsafe = torch.where(ok.view(-1, 1), F.q, torch.zeros_like(F.q))
-        zf = self.face_solution(safe, GameOperator(Jsafe, qsafe, F.alpha))
-        with torch.no_grad():
-            close = (zf - z).abs().max(1).values <= self.FACE_DIST_TOL
-            ok = ok & torch.isfinite(zf).all(1) & (zf.min(1).values >= -self.FACE_NEG_TOL) & close
+            support = z.detach() > 0
+            certified = torch.zeros_like(finite)
+            for round_ in range(self.FACE_ROUNDS):
+                fix = finite & ~certified
+                # a player must keep at least one action: an empty block falls back to all of its actions
+                empty = torch.cat([(~support[:, : self.n].any(1, keepdim=True)).expand(-1, self.n),
+                                   (~support[:, self.n :].any(1, keepdim=True)).expand(-1, self.m)], dim=1)
+                support = support | empty
+                zf, lam = self.face_solution(support, Fs)
+                negative, entering = self._kkt_violations(support, zf, lam, Fs)
+                done = ~(negative.any(1) | entering.any(1)) & torch.isfinite(zf).all(1)
+                certified = certified | (fix & done)
+                if bool((certified | ~finite).all()):
+                    break
+                violated = negative | entering
+                if round_ >= self.FACE_BLOCK_ROUNDS:  # least-index rule: flip only the first violated index
+                    first = torch.zeros_like(violated)
+                    first.scatter_(1, violated.to(torch.uint8).argmax(dim=1, keepdim=True), True)
+                    violated = violated & first
+                change = (fix & ~done).unsqueeze(1)
+                support = torch.where(change, support ^ violated, support)
+        zf, _ = self.face_solution(support, Fs)
         zf = zf.clamp_min(0.0) * support  # exact zeros off the support
-        return torch.where(ok.unsqueeze(1), zf, z)
+        out = torch.where(certified.unsqueeze(1), zf, z)
+        with torch.no_grad():
+            res = self.step(out, F) - out
+            abs_res = res.norm(dim=1)
+            rel_res = abs_res / self.step(out, F).norm(dim=1).clamp_min(torch.finfo(out.dtype).tiny)
+            ok = certified | info.converged
+            status = torch.where(certified & (info.sample_status == int(Status.MAX_ITER)),
+                                 torch.full_like(info.sample_status, int(Status.CONVERGED)), info.sample_status)
+        info = dataclasses.replace(
+            info, abs_residual=torch.where(certified, abs_res, info.abs_residual),
+            rel_residual=torch.where(certified, rel_res, info.rel_residual), converged=ok, sample_status=status,
+            status=Status(int(status.max())) if status.numel() else info.status,
+        )
+        return out, info
 
     def davis_yin(self, F: GameOperator) -> DavisYin:
         """The Davis-Yin map for the learned VI (see :class:`NFPNConfig`), step ``min_batch alpha``."""
