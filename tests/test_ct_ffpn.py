@@ -19,11 +19,15 @@ from problems.ct.ffpn import (
     conv_operator_norm,
     default_solve,
 )
+from problems.ct.acquisition import acquisition
 from problems.ct.geometry import CTGeometry, ShapeError
 from problems.ct.phantoms import random_ellipses, simulate
-from problems.ct.projector import ct_operator
 
 G = CTGeometry(image_size=32, n_angles=12, n_detectors=47)
+
+
+def _nz(y: torch.Tensor, level: float = 0.015) -> torch.Tensor:
+    return torch.full((y.shape[0],), level)
 
 
 @pytest.fixture
@@ -33,10 +37,10 @@ def cache(tmp_path):
 
 @pytest.fixture
 def problem(cache):
-    op = ct_operator(G, cache_dir=cache)
+    acq = acquisition(G, cache_dir=cache)
     x = torch.from_numpy(random_ellipses(4, 32, seed=1))
-    y = simulate(x, G, seed=2, operator=op)
-    return op, x, y
+    y = simulate(x, G, seed=2, operator=acq.op)
+    return acq, x, y
 
 
 def test_conv_operator_norm_matches_power_iteration() -> None:
@@ -65,7 +69,8 @@ def test_lipschitz_cnn_is_nonexpansive(activation) -> None:
 
 
 def test_relaxed_data_projection(problem) -> None:
-    op, x, y = problem
+    acq, x, y = problem
+    op = acq.op
     eps = 0.015 * y.flatten(1).norm(dim=1) * 1.2  # the truth is feasible
     assert bool(((op(x) - y).flatten(1).norm(dim=1) <= eps).all())
     v = torch.rand_like(x)
@@ -81,11 +86,11 @@ def test_relaxed_data_projection(problem) -> None:
 
 
 def test_gradient_variant_is_a_contraction(problem) -> None:
-    op, x, y = problem
+    acq, x, y = problem
     cfg = FFPNConfig(channels=8, data_step="gradient", relaxation=1.9, init="zeros", gamma=0.9)
-    T = CTFeasibilityOperator(op, cfg, G)
+    T = CTFeasibilityOperator(cfg)
     with torch.no_grad():
-        ctx = T.context(y)
+        ctx = T.context(y, acq, _nz(y))
         u, v = torch.rand_like(x), torch.rand_like(x)
         ratio = (T(u, ctx) - T(v, ctx)).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1)
     assert float(ratio.max()) <= 0.9 + 1e-4
@@ -93,14 +98,14 @@ def test_gradient_variant_is_a_contraction(problem) -> None:
 
 @pytest.mark.parametrize("backward", ["jfb", "implicit"])
 def test_ffpn_fixed_point_and_gradients(problem, backward) -> None:
-    op, x, y = problem
-    model = FFPN(op, FFPNConfig(channels=8), G, FFPN_SOLVE.with_(backward=backward, tol=1e-4, max_iter=60))
-    u, info = model(y)
+    acq, x, y = problem
+    model = FFPN(FFPNConfig(channels=8, prior_width=4, prior_levels=2), FFPN_SOLVE.with_(backward=backward, tol=1e-4, max_iter=60), acq)
+    u, info = model(y, noise=0.015)
     assert u.shape == x.shape and float(u.detach().min()) >= 0 and float(u.detach().max()) <= 1
     assert info.status.name == "CONVERGED", info
     # u is a fixed point of T
     with torch.no_grad():
-        res = (model.T(u, model.T.context(y)) - u).flatten(1).norm(dim=1) / u.flatten(1).norm(dim=1)
+        res = (model.T(u, model.T.context(y, acq, _nz(y))) - u).flatten(1).norm(dim=1) / u.flatten(1).norm(dim=1)
     assert float(res.max()) < 1e-3
     loss = (u - x).pow(2).mean()
     loss.backward()
@@ -109,26 +114,26 @@ def test_ffpn_fixed_point_and_gradients(problem, backward) -> None:
     assert sum(float(g.abs().sum()) for g in grads) > 0
     # the projector's matrix is not a parameter / state of the model
     assert all("matrix" not in k for k in model.state_dict())
-    single, _ = model.eval()(y[0])
+    single, _ = model.eval()(y[0], noise=0.015)
     assert single.shape == (32, 32)
     with pytest.raises(ShapeError, match=r"expected \(12, 47\)"):
         model(torch.zeros(47, 12))
 
 
 def test_fbp_conditioning_keeps_the_contraction(problem) -> None:
-    op, x, y = problem
+    acq, x, y = problem
     cfg = FFPNConfig(channels=8, data_step="gradient", relaxation=1.9, condition="fbp", gamma=0.9)
-    T = CTFeasibilityOperator(op, cfg, G)
+    T = CTFeasibilityOperator(cfg)
     with torch.no_grad():
         for c in T.phi.convs:
             c.weight.mul_(10.0)
-        ctx = T.context(y)
+        ctx = T.context(y, acq, _nz(y))
         assert ctx["cond"].shape == x.shape and T.phi.convs[0].weight.shape[1] == 2
         u, v = torch.rand_like(x), torch.rand_like(x)
         ratio = (T(u, ctx) - T(v, ctx)).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1)
     assert float(ratio.max()) <= 0.9 + 1e-4
-    model = FFPN(op, FFPNConfig(channels=8, condition="fbp"), G)
-    u, info = model(y)
+    model = FFPN(FFPNConfig(channels=8, condition="fbp", prior_width=4, prior_levels=2), acquisition=acq)
+    u, info = model(y, noise=0.015)
     (u - x).pow(2).mean().backward()
     assert model.T.phi.convs[0].weight.grad is not None
 
@@ -136,21 +141,21 @@ def test_fbp_conditioning_keeps_the_contraction(problem) -> None:
 def test_unet_prior_keeps_the_contraction_and_learns(problem) -> None:
     """The U-Net prior only gates (values in (0, 1)) and shifts: T stays a gamma-contraction in u whatever its
     weights, and every U-Net parameter receives a gradient through the fixed point."""
-    op, x, y = problem
+    acq, x, y = problem
     cfg = FFPNConfig(channels=8, data_step="gradient", relaxation=1.9, prior="unet", prior_width=4, gamma=0.9)
-    T = CTFeasibilityOperator(op, cfg, G)
+    T = CTFeasibilityOperator(cfg)
     with torch.no_grad():
         for p in T.parameters():
             p.add_(torch.randn_like(p) * 3.0)
-        ctx = T.context(y)
+        ctx = T.context(y, acq, _nz(y))
         assert [g.shape for g in ctx["gates"]] == [(4, 8, 32, 32)] * (cfg.layers - 1)
         assert all(float(g.min()) >= 0 and float(g.max()) <= 1 for g in ctx["gates"])
         assert ctx["offset"].shape == x.shape
         u, v = torch.rand_like(x), torch.rand_like(x)
         ratio = (T(u, ctx) - T(v, ctx)).flatten(1).norm(dim=1) / (u - v).flatten(1).norm(dim=1)
     assert float(ratio.max()) <= 0.9 + 1e-4
-    model = FFPN(op, FFPNConfig(channels=8, prior="unet", prior_width=4, prior_levels=2), G)
-    u, info = model(y)
+    model = FFPN(FFPNConfig(channels=8, prior="unet", prior_width=4, prior_levels=2), acquisition=acq)
+    u, info = model(y, noise=0.015)
     (u - x).pow(2).mean().backward()
     grads = {n: p.grad for n, p in model.named_parameters() if n.startswith("fp.layer.prior.")}
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads.values())
@@ -161,26 +166,27 @@ def test_unet_prior_keeps_the_contraction_and_learns(problem) -> None:
 @pytest.mark.parametrize("reference", ["fbp", "tv"])
 def test_precomputed_reference_gives_the_same_reconstruction(problem, reference) -> None:
     """Training caches the parameter-free reference reconstruction; passing it must not change the result."""
-    op, x, y = problem
-    model = FFPN(op, FFPNConfig(channels=4, prior_width=4, prior_levels=2, reference=reference,
-                                reference_tv_iters=10), G).eval()
-    ref = model.T.reference_image(y)
+    acq, x, y = problem
+    model = FFPN(FFPNConfig(channels=4, prior_width=4, prior_levels=2, reference=reference,
+                            reference_tv_iters=10), acquisition=acq).eval()
+    ref = model.T.reference_image(y, acq, _nz(y))
     assert ref.shape == x.shape
     with torch.no_grad():
-        u1, _ = model(y)
-        u2, _ = model(y, reference=ref)
-        u3, _ = model(y[0], reference=ref[0])
+        u1, _ = model(y, noise=0.015)
+        u2, _ = model(y, noise=0.015, reference=ref)
+        u3, _ = model(y[0], noise=0.015, reference=ref[0])
     torch.testing.assert_close(u1, u2)
     torch.testing.assert_close(u3, u1[0], atol=1e-5, rtol=1e-4)
 
 
 def test_tv_reference_is_better_than_fbp(problem) -> None:
-    op, x, y = problem
+    acq, x, y = problem
     from fpntools.metrics import psnr
 
-    T_fbp = CTFeasibilityOperator(op, FFPNConfig(reference="fbp"), G)
-    T_tv = CTFeasibilityOperator(op, FFPNConfig(reference="tv", reference_tv_iters=40), G)
-    assert float(psnr(T_tv.reference_image(y), x).mean()) > float(psnr(T_fbp.reference_image(y), x).mean())
+    T_fbp = CTFeasibilityOperator(FFPNConfig(reference="fbp"))
+    T_tv = CTFeasibilityOperator(FFPNConfig(reference="tv", reference_tv_iters=40))
+    nz = _nz(y)
+    assert float(psnr(T_tv.reference_image(y, acq, nz), x).mean()) > float(psnr(T_fbp.reference_image(y, acq, nz), x).mean())
 
 
 def test_prior_handles_sizes_not_divisible_by_two() -> None:
@@ -194,18 +200,18 @@ def test_prior_handles_sizes_not_divisible_by_two() -> None:
 def test_unrolled_is_the_same_model_with_k_picard_steps(problem) -> None:
     """The unrolled network is FFPN with SolveConfig.unrolled(K): exactly T^K(u0), differentiated through all
     K steps (gradients equal to those of the hand-written loop), in training and in eval."""
-    op, x, y = problem
+    acq, x, y = problem
     torch.manual_seed(0)
-    model = build_model("unrolled", op, FFPNConfig(channels=8, prior_width=4, prior_levels=2, init="zeros",
-                                                  reference="fbp"), G, default_solve("unrolled", 3))
+    model = build_model("unrolled", FFPNConfig(channels=8, prior_width=4, prior_levels=2, init="zeros",
+                                              reference="fbp"), default_solve("unrolled", 3), acq)
     assert model.kind == "unrolled" and model.solve == SolveConfig.unrolled(3)
-    u, info = model(y)
+    u, info = model(y, noise=0.015)
     assert info.steps.tolist() == [3] * 4 and u.shape == x.shape
     (u - x).pow(2).mean().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     model.zero_grad()
-    ctx = model.T.context(y)
+    ctx = model.T.context(y, acq, _nz(y))
     v = model.T.initial_state(ctx)
     for _ in range(3):  # the reference: a plain loop of T
         v = model.T(v, ctx)
@@ -214,24 +220,11 @@ def test_unrolled_is_the_same_model_with_k_picard_steps(problem) -> None:
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-6, atol=1e-10)
     with torch.no_grad():
-        ue, info_e = model.eval()(y)
+        ue, info_e = model.eval()(y, noise=0.015)
     torch.testing.assert_close(ue, u.detach(), rtol=0, atol=1e-6)  # grad-free kernels round differently
     assert info_e.steps.tolist() == [3] * 4
     with pytest.raises(ValueError, match="a ffpn model needs a ffpn solve"):
-        build_model("ffpn", op, FFPNConfig(channels=8), G, SolveConfig.unrolled(3))
-
-
-def test_legacy_state_dict_keys_load() -> None:
-    """Weights saved when the map was the attribute ``T`` (the shipped files) load into the FixedPoint layout."""
-    op = ct_operator(CTGeometry(image_size=16, n_angles=8, n_detectors=23))
-    a = FFPN(op, FFPNConfig(channels=4, prior_width=4, prior_levels=2))
-    b = FFPN(op, FFPNConfig(channels=4, prior_width=4, prior_levels=2))
-    legacy = {("T." + k[len("fp.layer."):] if k.startswith("fp.layer.") else k): v for k, v in a.state_dict().items()
-              if k != "fp.penalty_step"}
-    assert any(k.startswith("T.phi.") for k in legacy)
-    b.load_state_dict(legacy)
-    for k, v in a.state_dict().items():
-        torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0)
+        build_model("ffpn", FFPNConfig(channels=8), SolveConfig.unrolled(3))
 
 
 def test_config_validation() -> None:

@@ -52,6 +52,9 @@ __all__ = [
     "tv_reconstruct",
     "tune_tv_lambda",
     "StackedTVOperator",
+    "TVWeightRule",
+    "TV_WEIGHT_RULE",
+    "tv_weight",
 ]
 
 FBP_FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
@@ -59,6 +62,43 @@ FBP_FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 #: TV weight tuned on the 16 validation phantoms of the default data set (random ellipses, default geometry, noise
 #: 0.015, 500 PDHG iterations; ``fpntools ct tune-tv``): PSNR 35.45 dB at 0.75 vs 35.37 at 0.56 and 35.33 at 1.0.
 DEFAULT_TV_LAM = 0.75
+
+
+@dataclass(frozen=True)
+class TVWeightRule:
+    """The TV weight as a function of the geometry and the relative noise level,
+
+        ``lam = scale * beam_factor * (n_angles / 30)^angle_power * (noise / 0.015)^noise_power * (n / 128)^size_power``
+
+    (``beam_factor`` = 1 for parallel beam, ``fan_factor`` for fan beam; ``n`` the image side). The objective
+    ``0.5 ||A x - y||^2`` grows with the number of rays, so the weight grows with the angles; the optimal weight of
+    a denoising problem grows with the noise. The coefficients are a least-squares fit (in ``log lam``) of the
+    weights that maximise the mean validation PSNR per geometry and noise level (``fpntools ct tune-tv --rule``;
+    values and the table in ``docs/ct.md``): validation sets only, never the test images of ``ct bench``.
+    """
+
+    scale: float = 0.4
+    angle_power: float = 1.0
+    noise_power: float = 0.6
+    fan_factor: float = 1.0
+    size_power: float = 1.0
+
+    def __call__(self, geometry: CTGeometry, noise: float | Tensor) -> float | Tensor:
+        beam = self.fan_factor if geometry.beam == "fan" else 1.0
+        base = self.scale * beam * (geometry.n_angles / 30) ** self.angle_power * (geometry.image_size / 128) ** self.size_power
+        if isinstance(noise, Tensor):
+            return base * (noise.clamp_min(1e-4) / 0.015) ** self.noise_power
+        return base * (max(float(noise), 1e-4) / 0.015) ** self.noise_power
+
+
+#: the fitted rule (see :class:`TVWeightRule`).
+TV_WEIGHT_RULE = TVWeightRule()
+
+
+def tv_weight(geometry: CTGeometry, noise: float | Tensor) -> float | Tensor:
+    """The tuned TV weight of ``geometry`` at relative noise level ``noise`` (a number or ``(B,)`` tensor):
+    :data:`TV_WEIGHT_RULE`."""
+    return TV_WEIGHT_RULE(geometry, noise)
 
 
 # ============================================================================================== FBP

@@ -6,7 +6,7 @@ Commands:
 * ``fpntools ct reconstruct sino.npy --method fbp|tv|ffpn|unrolled --out rec.npy [--png rec.png] [--truth x.npy]``
 * ``fpntools ct train --model ffpn --epochs 10 --out weights.safetensors [--run-dir DIR] [--resume|--force]``
 * ``fpntools ct bench --n-test 16 --methods fbp,tv,ffpn,unrolled [--json results.json]``
-* ``fpntools ct tune-tv --n-val 16``
+* ``fpntools ct tune-tv --geometries par20,par30,par60,fan60 --noises 0.005,0.015,0.03``
 
 Geometry options (all commands): ``--size 128 --angles 30 --detectors 183 --angle-range 3.14159...
 --detector-width 1 [--fan --source-origin 256 --origin-detector 256]``; defaults are the toolbox contract.
@@ -35,10 +35,17 @@ app = typer.Typer(help="CT reconstruction: FBP, TV, F-FPN and unrolled networks.
 from problems.ct.baselines import DEFAULT_TV_LAM  # noqa: E402  (tuned TV weight of the default problem)
 
 
-def _geometry(size: int, angles: int, detectors: int, angle_range: float, detector_width: Optional[float],
-              fan: bool, source_origin: float, origin_detector: float):
+def _geometry(size: int, angles: int, detectors: int, angle_range: Optional[float], detector_width: Optional[float],
+              fan: bool, source_origin: float, origin_detector: float, beam: str = "parallel"):
     from problems.ct.geometry import CTGeometry
 
+    if beam not in ("parallel", "fan"):
+        raise UserInputError(f"--beam must be parallel or fan, got {beam!r}")
+    fan = fan or beam == "fan"
+    if angle_range is None:
+        angle_range = 2 * math.pi if fan else math.pi
+    if not (math.isfinite(angle_range) and angle_range > 0):
+        raise UserInputError(f"--angle-range must be a positive number of radians, got {angle_range}")
     try:
         if fan:
             kw = dict(image_size=size, n_angles=angles, n_detectors=detectors, angle_range=angle_range)
@@ -66,9 +73,10 @@ def _stderr(message: str) -> None:
 SizeOpt = typer.Option(128, "--size", help="image side length (pixels)")
 AnglesOpt = typer.Option(30, "--angles", help="number of projection angles")
 DetOpt = typer.Option(183, "--detectors", help="detector pixels")
-RangeOpt = typer.Option(math.pi, "--angle-range", help="angular range in radians (fan beam: use 2 pi)")
+RangeOpt = typer.Option(None, "--angle-range", help="angular range in radians (default: pi parallel, 2 pi fan)")
 WidthOpt = typer.Option(None, "--detector-width", help="detector pixel width (default 1; fan: covers the image)")
-FanOpt = typer.Option(False, "--fan", help="fan beam (flat detector) instead of parallel beam")
+FanOpt = typer.Option(False, "--fan", help="same as --beam fan")
+BeamOpt = typer.Option("parallel", "--beam", help="parallel | fan (flat detector)")
 SoOpt = typer.Option(256.0, "--source-origin", help="fan beam: source to rotation axis distance")
 OdOpt = typer.Option(256.0, "--origin-detector", help="fan beam: rotation axis to detector distance")
 CacheOpt = typer.Option(None, "--cache-dir", help="cache for projection matrices and data sets")
@@ -83,8 +91,8 @@ def simulate(
     seed: int = typer.Option(0, help="phantom and noise seed"),
     noise: float = typer.Option(0.015, help="relative noise level (sigma = noise * RMS(sinogram))"),
     truth_out: Optional[Path] = typer.Option(None, "--truth-out", help="also save the phantoms (.npy)"),
-    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
-    detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
+    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: Optional[float] = RangeOpt,
+    detector_width: Optional[float] = WidthOpt, beam: str = BeamOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
     origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
 ) -> None:
     """Simulate noisy sinograms of phantoms."""
@@ -98,7 +106,7 @@ def simulate(
         check_output_path(truth_out, (".npy",), "--truth-out")
     if not (noise >= 0 and math.isfinite(noise)):
         raise UserInputError(f"--noise must be a finite number >= 0, got {noise}")
-    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
+    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector, beam)
     x = make_phantoms(phantom, n, g.image_size, seed)
     y = sim(x, g, noise=noise, seed=seed, operator=ct_operator(g, cache_dir=cache_dir)).numpy()
     y = y[0] if y.shape[0] == 1 else y
@@ -112,37 +120,36 @@ def simulate(
 def reconstruct(
     sinogram: Path = typer.Argument(..., help="sinogram(s) .npy: (n_angles, n_detectors) or (N, ...)"),
     out: Path = typer.Option(..., "--out", help="reconstruction output: .npy (array) or .png (image)"),
-    method: str = typer.Option("ffpn", help="fbp | tv | ffpn | unrolled"),
+    method: str = typer.Option("ffpn", help="ffpn (default, shipped weights for any geometry) | unrolled | tv | fbp"),
     weights: Optional[Path] = typer.Option(None, help="network weights (.safetensors; default: shipped)"),
-    lam: float = typer.Option(DEFAULT_TV_LAM, help="TV weight"),
+    noise: Optional[float] = typer.Option(None, help="relative noise level sigma / RMS(sinogram) (default: "
+                                          "estimated from the sinogram)"),
+    lam: Optional[float] = typer.Option(None, help="TV weight (default: tuned for the geometry and noise level)"),
     iters: int = typer.Option(500, help="TV: maximum PDHG iterations"),
     filter: str = typer.Option("hann", "--filter", help="FBP filter: ram-lak shepp-logan cosine hamming hann"),
     png: Optional[Path] = typer.Option(None, help="also save a PNG"),
     truth: Optional[Path] = typer.Option(None, help="ground truth .npy: print PSNR / SSIM"),
-    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
-    detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
+    threads: int = ThreadsOpt,
+    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: Optional[float] = RangeOpt,
+    detector_width: Optional[float] = WidthOpt, beam: str = BeamOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
     origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
 ) -> None:
     """Reconstruct images from sinograms; says whether the output is usable (exit 3 and nothing written if not)."""
     from fpntools.metrics import psnr, ssim
-    from problems.ct.projector import ct_operator
-    from problems.ct.reconstruct import (
-        METHODS,
-        check_sinogram_range,
-        load_array,
-        load_network,
-        load_sinograms,
-        save_images,
-    )
+    from problems.ct.acquisition import acquisition, estimate_noise
+    from problems.ct.reconstruct import METHODS, check_sinogram_range, load_array, load_network, load_sinograms, save_images
     from problems.ct.reconstruct import reconstruct as run
 
     method = method.lower()
     if method not in METHODS:
         raise UserInputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if noise is not None and not (math.isfinite(noise) and 0 <= noise < 1):
+        raise UserInputError(f"--noise must be a relative level in [0, 1), got {noise}")
     check_output_path(out, (".npy", ".png"), "--out")
     if png is not None:
         check_output_path(png, (".png",), "--png")
-    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
+    _threads(threads)
+    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector, beam)
     y, batched = load_sinograms(sinogram, g)
     x = None
     if truth is not None:
@@ -150,12 +157,17 @@ def reconstruct(
         want = (y.shape[0], *g.image_shape) if batched else g.image_shape
         if tuple(x.shape) != tuple(want):
             raise UserInputError(f"ground truth {truth} has shape {tuple(x.shape)}; the reconstruction will have {want}")
-    op = ct_operator(g, cache_dir=cache_dir)
-    rng = check_sinogram_range(y, op, f"sinogram {sinogram}")
+    model = load_network(method, weights) if method in ("ffpn", "unrolled") else None
+    acq = acquisition(g, cache_dir=cache_dir)
+    rng = check_sinogram_range(y, acq.op, f"sinogram {sinogram}")
     if rng.fraction_above or rng.fraction_below:
         warn(f"sinogram {sinogram}: {rng.describe()}")
-    model = load_network(method, weights, op, g) if method in ("ffpn", "unrolled") else None
-    rec = run(method, y, g, op, lam=lam, iters=iters, filter=filter, model=model)
+    if noise is None and method != "fbp":
+        est = estimate_noise(y)
+        _stderr(f"estimated relative noise level {float(est.mean()):.4f}"
+                + (f" (range {float(est.min()):.4f} - {float(est.max()):.4f})" if est.numel() > 1 else "")
+                + "; pass --noise to set it")
+    rec = run(method, y, acq, noise=noise, lam=lam, iters=iters, filter=filter, model=model)
     verdict = rec.verdict()
     for w in verdict.warnings:
         warn(w)
@@ -183,29 +195,30 @@ def train(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     model: str = typer.Option("ffpn", help="ffpn | unrolled"),
     epochs: int = typer.Option(10), batch_size: int = typer.Option(8), lr: float = typer.Option(2e-3),
-    lr_decay: float = typer.Option(0.93, help="learning rate factor after every epoch"),
     grad_clip: float = typer.Option(1.0, help="gradient norm clip (0: off)"),
-    n_train: int = typer.Option(200), n_val: int = typer.Option(8),
-    seed: int = typer.Option(0, help="data, initialisation and sample-order seed"),
+    epoch_size: int = typer.Option(256, help="images in the training pool (one epoch)"),
+    n_val: int = typer.Option(8, help="validation images per validation set"),
+    noise_min: float = typer.Option(0.005, help="smallest relative noise level of training"),
+    noise_max: float = typer.Option(0.03, help="largest relative noise level of training"),
+    natural_images: Optional[Path] = typer.Option(None, help="natural training images: folder of PNGs or .npy "
+                                                  "(default: ../shared/data/natural-images/train400)"),
+    validation_file: Optional[Path] = typer.Option(None, help="validation images .npz (default: built from BSD68 "
+                                                   "validation half and the generators)"),
+    workers: int = typer.Option(0, help="processes generating the image pool (0: this one)"),
+    seed: int = typer.Option(0, help="pool, initialisation and sample-order seed"),
     backward: Optional[str] = typer.Option(None, help="F-FPN gradient: jfb (default) | implicit | implicit_cg | phantom"),
     unrolled_steps: int = typer.Option(10, help="unrolled network: number of steps"),
-    data_step: str = typer.Option("relaxed", help="relaxed (data-ball subgradient projection) | gradient"),
     channels: int = typer.Option(16), layers: int = typer.Option(3),
-    activation: str = typer.Option("leaky_relu", help="leaky_relu | maxmin"),
-    condition: str = typer.Option("fbp", help="fbp (reference as a second input channel of the regulariser) | none"),
-    reference: str = typer.Option("tv", help="reference reconstruction the network starts from: tv | fbp"),
-    reference_tv_iters: int = typer.Option(80, help="PDHG iterations of the TV reference"),
-    prior: str = typer.Option("unet", help="unet (U-Net on the reference gating the regulariser, plus an offset) | none"),
-    prior_width: int = typer.Option(16, help="U-Net prior: channels of the first level"),
-    prior_levels: int = typer.Option(3, help="U-Net prior: number of resolutions"),
+    prior_width: int = typer.Option(32, help="U-Net prior: channels of the first level"),
+    prior_levels: int = typer.Option(4, help="U-Net prior: number of resolutions"),
     max_minutes: float = typer.Option(0.0, help="stop (with a checkpoint) after this many minutes (0: no limit)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     threads: int = ThreadsOpt,
-    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
-    detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
-    origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
+    size: int = typer.Option(128, "--size", help="training image side (geometries scale with it)"),
+    reference_tv_iters: int = typer.Option(80, help="PDHG iterations of the TV reference"),
 ) -> None:
-    """Train an F-FPN (or the unrolled baseline) on simulated random-ellipse data."""
+    """Train an F-FPN (or the unrolled baseline) for many geometries and noise levels on natural images and
+    CT-like phantoms (one set of weights for parallel beam with 15-90 angles and fan beam)."""
     from problems.ct.ffpn import FFPN_SOLVE, FFPNConfig, default_solve
     from problems.ct.train import TrainConfig, train_summary
     from problems.ct.train import train as run_train
@@ -215,11 +228,8 @@ def train(
     run_dir = run_dir if run_dir is not None else out.with_name(out.stem + "_run")
     check_output_dir(run_dir, "--run-dir")
     _threads(threads)
-    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
     try:
-        mcfg = FFPNConfig(channels=channels, layers=layers, data_step=data_step, activation=activation,  # type: ignore[arg-type]
-                          condition=condition, prior=prior, prior_width=prior_width,  # type: ignore[arg-type]
-                          prior_levels=prior_levels, reference=reference,  # type: ignore[arg-type]
+        mcfg = FFPNConfig(channels=channels, layers=layers, prior_width=prior_width, prior_levels=prior_levels,
                           reference_tv_iters=reference_tv_iters)
     except ValueError as exc:
         raise UserInputError(str(exc)) from None
@@ -236,14 +246,17 @@ def train(
         solve = default_solve("unrolled", unrolled_steps)
     else:
         raise UserInputError(f"--model must be ffpn or unrolled, got {model!r}")
-    cfg = TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
-                      grad_clip=grad_clip, n_train=n_train, n_val=n_val, seed=seed, max_minutes=max_minutes,
-                      device=device, run_dir=str(run_dir), resume=resume, force=force, progress=progress)
-    net, result = run_train(cfg, mcfg, g, solve=solve, cache_dir=cache_dir, log=_stderr)
+    cfg = TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
+                      epoch_size=epoch_size, n_val=n_val, noise_min=noise_min, noise_max=noise_max, image_size=size,
+                      natural_images=None if natural_images is None else str(natural_images),
+                      validation_file=None if validation_file is None else str(validation_file), workers=workers,
+                      seed=seed, max_minutes=max_minutes, device=device, run_dir=str(run_dir), resume=resume,
+                      force=force, progress=progress)
+    net, result = run_train(cfg, mcfg, solve=solve, log=_stderr)
     if not result.history:
         raise NotUsableError(f"no epoch finished ({result.stop_reason}); nothing written; the checkpoint in "
                              f"{run_dir} continues with --resume")
-    save_weights(net.cpu(), out, g, train_summary(cfg, result))
+    save_weights(net.cpu(), out, train_summary(cfg, result))
     done = "" if result.completed else f" (stopped early: {result.stop_reason}; --resume continues the run)"
     typer.echo(f"wrote {out} and {out.with_suffix('.json').name}: weights of epoch {result.best_epoch}, validation "
                f"PSNR {result.best_value:.2f} dB{done}; run folder {run_dir}")
@@ -262,8 +275,8 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
     figure: Optional[Path] = typer.Option(Path("out/ct/bench.png"), help="figure: truth, reconstructions, error maps"),
     threads: int = ThreadsOpt,
-    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
-    detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
+    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: Optional[float] = RangeOpt,
+    detector_width: Optional[float] = WidthOpt, beam: str = BeamOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
     origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
 ) -> None:
     """PSNR / SSIM / time per image of the methods on simulated test phantoms (progress on stderr)."""
@@ -280,7 +293,7 @@ def bench(
     if json_out is not None:
         check_output_path(json_out, (".json",), "--json")
     _threads(threads)
-    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
+    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector, beam)
     cfg = BenchConfig(methods=chosen, n_test=n_test, seed=seed, lam=lam, iters=iters, filter=filter,
                       ffpn_weights=ffpn_weights, unrolled_weights=unrolled_weights)
     result = run_bench(cfg, g, cache_dir=cache_dir, log=_stderr)
@@ -295,28 +308,31 @@ def bench(
 
 @app.command("tune-tv")
 def tune_tv(
-    n_val: int = typer.Option(16, help="validation phantoms (random ellipses, validation split)"),
-    seed: int = typer.Option(0),
-    iters: int = typer.Option(500, help="maximum PDHG iterations per reconstruction"),
-    refine: int = typer.Option(2, help="refinements of the grid around the best value (factors 10^(1/4), 10^(1/8), ...)"),
+    geometries: str = typer.Option("par20,par30,par60,fan60", help="comma-separated geometries: parN (parallel, N "
+                                   "angles) or fanN (fan beam, N angles over a full turn)"),
+    noises: str = typer.Option("0.005,0.015,0.03", help="comma-separated relative noise levels"),
+    n_val: int = typer.Option(6, help="validation images per validation set"),
+    iters: int = typer.Option(300, help="PDHG iterations per reconstruction"),
     threads: int = ThreadsOpt,
-    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: float = RangeOpt,
-    detector_width: Optional[float] = WidthOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
-    origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
 ) -> None:
-    """Choose the TV weight by validation PSNR (log grid 0.1 ... 31.6, then refined); prints the table."""
-    from problems.ct.baselines import TVConfig, tune_tv_lambda
-    from problems.ct.phantoms import CTDataConfig, make_dataset
-    from problems.ct.projector import ct_operator
+    """Tune the TV weight per geometry and noise level on the validation sets and fit the weight rule
+    (prints the table and the rule's coefficients for problems/ct/baselines.py)."""
+    from problems.ct.train import geometry_by_name, validation_images
+    from problems.ct.tuning import tune_tv_grid
 
-    if n_val < 1 or iters < 1 or refine < 0:
-        raise UserInputError(f"--n-val and --iters must be >= 1 and --refine >= 0, got {n_val}, {iters}, {refine}")
+    if n_val < 1 or iters < 1:
+        raise UserInputError(f"--n-val and --iters must be >= 1, got {n_val}, {iters}")
+    try:
+        geoms = {name.strip(): geometry_by_name(name.strip()) for name in geometries.split(",") if name.strip()}
+        levels = [float(v) for v in noises.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UserInputError(str(exc).splitlines()[0]) from None
+    if not geoms or not levels or not all(0 < v < 1 for v in levels):
+        raise UserInputError("give at least one geometry and noise levels in (0, 1)")
     _threads(threads)
-    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector)
-    data = make_dataset(CTDataConfig(geometry=g, n_train=0, n_val=n_val, n_test=0, seed=seed), cache_dir=cache_dir)
-    op = ct_operator(g, cache_dir=cache_dir)
-    best, table = tune_tv_lambda(data.val.images, data.val.sinograms, op, config=TVConfig(n_iter=iters),
-                                 refine=refine)
-    for lam in sorted(table):
-        typer.echo(f"lam {lam:8.4f}: validation PSNR {table[lam]:.3f} dB" + ("  <- best" if lam == best else ""))
-    typer.echo(f"best lam = {best:.4g} ({n_val} validation phantoms, at most {iters} PDHG iterations)")
+    res = tune_tv_grid(validation_images(n_val), geoms, levels, iters=iters, log=_stderr)
+    for (g, s), lam in res.best.items():
+        typer.echo(f"{g:6s} noise {s:<6g} best lam {lam:8.4g}  rule {res.rule(geoms[g], s):8.4g}")
+    r = res.rule
+    typer.echo(f"rule: TVWeightRule(scale={r.scale:.4g}, angle_power={r.angle_power:.4g}, "
+               f"noise_power={r.noise_power:.4g}, fan_factor={r.fan_factor:.4g})")

@@ -31,7 +31,15 @@ Data step ``P_data`` (``FFPNConfig.data_step``):
     (then ``T_theta`` is a contraction: unique fixed point, linear convergence).
 
 ``eps = eps_factor * noise * ||y||`` per sinogram: for ``y = A x + e`` with ``sigma = noise * RMS(A x)``,
-``E||e||^2 = noise^2 ||A x||^2`` so the ground truth is feasible (in expectation) for ``eps_factor >= 1``.
+``E||e||^2 = noise^2 ||A x||^2`` so the ground truth is feasible (in expectation) for ``eps_factor >= 1``. The
+relative noise level ``noise`` is given per sinogram or estimated from it
+(:func:`problems.ct.acquisition.estimate_noise`).
+
+One set of weights, any geometry. Nothing learned depends on the geometry: ``Phi_theta`` and the U-Net act on
+images, the data step uses the operator ``A`` of the sinogram batch, passed with the sinograms as an
+:class:`~problems.ct.acquisition.Acquisition` (``model(y, acq)``). The reference reconstruction is a short TV solve
+with the tuned weight of the batch's geometry and noise level (:func:`problems.ct.baselines.tv_weight`), started
+from the geometry-agnostic filtered backprojection; with ``noise_input`` the U-Net also sees the noise level.
 
 Solving and training: :class:`FFPN` holds the architecture (:class:`FFPNConfig`) and a
 :class:`fpntools.SolveConfig`, and solves ``u = T_theta(u; y)`` with the :class:`fpntools.FixedPoint` module built
@@ -57,7 +65,7 @@ from fpntools.config_dict import checked_fields
 from fpntools.info import FixedPointInfo
 from fpntools.operators import project_data_ball_relaxed
 from fpntools.solve_config import SolveConfig, make_fixed_point
-from problems.ct.geometry import DEFAULT_NOISE
+from problems.ct.acquisition import Acquisition
 from problems.ct.prior import ReferenceConditioner
 
 __all__ = [
@@ -72,6 +80,7 @@ __all__ = [
     "CTFeasibilityOperator",
     "FFPN",
     "build_model",
+    "noise_levels",
 ]
 
 #: the F-FPN's solve: Anderson (memory 5) to relative residual 1e-3 in training (at most 50 steps) and 1e-4 in
@@ -101,9 +110,11 @@ class FFPNConfig:
         condition: ``"fbp"`` feeds the reference reconstruction ``u_ref(y)`` (see ``reference``) to ``Phi`` as a
             second input channel, ``Phi(u; u_ref)``; the normalised first convolution keeps ``Phi`` 1-Lipschitz in
             ``u``, so all bounds on ``T`` hold unchanged (``u_ref`` is a constant of the fixed-point map).
-        reference: the classical reconstruction the network is conditioned on and starts from: ``"fbp"`` (Hann
-            filter, clipped to [0, 1]) or ``"tv"`` (``reference_tv_iters`` PDHG iterations of TV-regularised least
-            squares with weight ``reference_tv_lam``, started from the FBP: a cheap, unconverged TV image).
+        reference: the classical reconstruction the network is conditioned on and starts from: ``"fbp"`` (the
+            filtered backprojection :meth:`~problems.ct.acquisition.Acquisition.filtered_backprojection`) or
+            ``"tv"`` (``reference_tv_iters`` PDHG iterations of TV-regularised least squares started from it, with
+            weight ``reference_tv_lam * (n_angles / 30) * (noise / 0.015) * (n / 128)``: a cheap, unconverged TV
+            image whose weight follows the geometry and the noise level of each sinogram).
         prior: ``"unet"`` adds an unconstrained U-Net on ``u_ref`` (:class:`~problems.ct.prior.ReferenceConditioner`)
             that gates the hidden features of ``Phi`` per pixel (values in ``(0, 1)``: ``Phi`` stays 1-Lipschitz
             in ``u``) and adds an offset image ``b(y)`` to ``K``; ``"none"`` leaves ``Phi`` unconditioned.
@@ -113,8 +124,8 @@ class FFPNConfig:
         beta_init: initial mixing ``beta`` of ``Phi_theta`` with the identity.
         data_step: ``"relaxed"`` (subgradient projection onto the data ball) or ``"gradient"`` (Landweber).
         relaxation: ``lam`` of the data step (``(0, 2)``).
-        noise: assumed relative noise level (``eps = eps_factor * noise * ||y||``).
-        eps_factor: data-ball radius factor.
+        noise_input: the U-Net prior also sees the relative noise level (a constant image ``noise / 0.03``).
+        eps_factor: data-ball radius factor (``eps = eps_factor * noise * ||y||``).
         init: initial iterate: ``"fbp"`` (the reference reconstruction, despite the historical name), ``"zeros"``.
 
     How the fixed point is solved and differentiated is not part of the architecture: :class:`FFPN` holds a
@@ -129,16 +140,16 @@ class FFPNConfig:
     condition: Literal["none", "fbp"] = "fbp"
     reference: Literal["fbp", "tv"] = "tv"
     reference_tv_iters: int = 80
-    reference_tv_lam: float = 0.75
+    reference_tv_lam: float = 0.5
     prior: Literal["none", "unet"] = "unet"
-    prior_width: int = 16
-    prior_levels: int = 3
+    prior_width: int = 32
+    prior_levels: int = 4
     gamma: float = 0.99
     step: float = 1.0
     beta_init: float = 0.25
     data_step: Literal["relaxed", "gradient"] = "relaxed"
     relaxation: float = 1.0
-    noise: float = DEFAULT_NOISE
+    noise_input: bool = True
     eps_factor: float = 1.0
     init: Literal["fbp", "zeros"] = "fbp"
 
@@ -168,7 +179,7 @@ class FFPNConfig:
             raise ValueError(f"activation 'maxmin' needs an even number of channels, got {self.channels}")
         if self.reference not in ("fbp", "tv"):
             raise ValueError(f"reference must be 'fbp' or 'tv', got {self.reference!r}")
-        if self.reference_tv_iters < 1 or self.reference_tv_lam < 0:
+        if self.reference_tv_iters < 1 or not self.reference_tv_lam >= 0:
             raise ValueError("reference_tv_iters must be >= 1 and reference_tv_lam >= 0")
         if self.prior not in ("none", "unet"):
             raise ValueError(f"prior must be 'none' or 'unet', got {self.prior!r}")
@@ -285,35 +296,25 @@ class LipschitzCNN(nn.Module):
 class CTFeasibilityOperator(nn.Module):
     """``T_theta(u; y) = P_box(P_data((1 - s) u + s K_theta(u)))``, see the module docstring.
 
-    ``forward(u, ctx)`` is the map in ``u`` for the per-solve quantities ``ctx = context(y)``; it is the layer of
-    the :class:`fpntools.FixedPoint` module of :class:`FFPN` (``initial_state(ctx)`` gives the first iterate).
+    ``forward(u, ctx)`` is the map in ``u`` for the per-solve quantities ``ctx = context(y, acq, noise)``; it is the
+    layer of the :class:`fpntools.FixedPoint` module of :class:`FFPN` (``initial_state(ctx)`` gives the first
+    iterate). The module holds no operator: the acquisition (operator, ``||A||``) comes with every batch.
 
     Args:
-        op: the CT operator (``fpntools.operators.LinearOperator``; use the exact sparse one).
         config: :class:`FFPNConfig`.
-        geometry: needed for ``init="fbp"``.
     """
 
-    def __init__(self, op: Any, config: FFPNConfig | None = None, geometry: Any = None) -> None:
+    def __init__(self, config: FFPNConfig | None = None) -> None:
         super().__init__()
         self.config = config or FFPNConfig()
         c = self.config
-        object.__setattr__(self, "op", op)  # not a submodule: keep the matrix out of state_dict
-        self.geometry = geometry if geometry is not None else getattr(op, "geometry", None)
         self.phi = LipschitzCNN(c.channels, c.layers, c.kernel_size, c.negative_slope, c.beta_init,
                                 activation=c.activation, in_channels=2 if c.condition == "fbp" else 1)
         self.prior: ReferenceConditioner | None = None
         if c.prior == "unet":
             self.prior = ReferenceConditioner([c.channels] * (c.layers - 1), c.prior_width, c.prior_levels,
-                                        offset_scale=1 - c.gamma * (1 - c.beta_init))
-        self._op_norm: float | None = None
-        self._fbp: Any = None
-
-    def op_norm(self) -> float:
-        """``||A||`` (:meth:`fpntools.operators.LinearOperator.norm`, computed once per model)."""
-        if self._op_norm is None:
-            self._op_norm = float(self.op.norm())
-        return self._op_norm
+                                              offset_scale=1 - c.gamma * (1 - c.beta_init),
+                                              extra_channels=1 if c.noise_input else 0)
 
     @property
     def uses_reference(self) -> bool:
@@ -322,74 +323,67 @@ class CTFeasibilityOperator(nn.Module):
         return c.condition == "fbp" or c.init == "fbp" or self.prior is not None
 
     # ----------------------------------------------------------------- pieces
-    def context(self, y: Tensor, reference: Tensor | None = None) -> dict[str, Any]:
-        """Per-solve quantities: normalised weights, ``eps`` per sinogram, the reference reconstruction
-        (``condition="fbp"`` or ``init="fbp"``; pass ``reference`` to reuse one computed by
-        :meth:`reference_image`), the gates and offset of the U-Net prior (``prior="unet"``)."""
+    def context(self, y: Tensor, acq: Acquisition, noise: Tensor, reference: Tensor | None = None
+                ) -> dict[str, Any]:
+        """Per-solve quantities: normalised weights, ``eps`` per sinogram, the acquisition, the reference
+        reconstruction (pass ``reference`` to reuse one computed by :meth:`reference_image`), the gates and offset
+        of the U-Net prior (``prior="unet"``). ``noise``: ``(B,)`` relative noise levels."""
         c = self.config
-        eps = c.eps_factor * c.noise * y.flatten(1).norm(dim=1)
-        ctx: dict[str, Any] = {"weights": self.phi.normalized(), "eps": eps, "y": y}
+        eps = c.eps_factor * noise * y.flatten(1).norm(dim=1)
+        ctx: dict[str, Any] = {"weights": self.phi.normalized(), "eps": eps, "y": y, "acq": acq}
         if self.uses_reference:
-            ref = reference if reference is not None else self.reference_image(y)
-            ref = ref if ref is not None else y.new_zeros((y.shape[0], *self.op.in_shape))
+            ref = reference if reference is not None else self.reference_image(y, acq, noise)
             ctx["reference"] = ref
             if c.condition == "fbp":
                 ctx["cond"] = ref
             if self.prior is not None:
-                ctx["gates"], ctx["offset"] = self.prior(ref)
+                extra = None
+                if c.noise_input:
+                    extra = (noise / 0.03).to(ref.dtype).view(-1, 1, 1, 1).expand(-1, 1, *ref.shape[-2:])
+                ctx["gates"], ctx["offset"] = self.prior(ref, extra)
         return ctx
 
-    def data_step(self, v: Tensor, y: Tensor, eps: Tensor) -> Tensor:
+    def data_step(self, v: Tensor, ctx: dict[str, Any]) -> Tensor:
         """``P_data``: the relaxed projection onto the data ball
         (:func:`fpntools.operators.project_data_ball_relaxed`) or a Landweber step ``lam / ||A||^2``."""
         c = self.config
+        acq, y = ctx["acq"], ctx["y"]
         if c.data_step == "relaxed":
-            return project_data_ball_relaxed(v, self.op, y, eps, c.relaxation)
-        return v - (c.relaxation / self.op_norm() ** 2) * self.op.A_adjoint(self.op(v) - y)
+            return project_data_ball_relaxed(v, acq.op, y, ctx["eps"], c.relaxation)
+        return v - (c.relaxation / acq.op_norm**2) * acq.op.A_adjoint(acq.op(v) - y)
 
     def forward(self, u: Tensor, ctx: dict[str, Any]) -> Tensor:
-        """``T_theta(u; y)`` for the context ``ctx = context(y)``."""
+        """``T_theta(u; y)`` for the context ``ctx = context(y, acq, noise)``."""
         c = self.config
         k = c.gamma * self.phi.apply(u, ctx["weights"], ctx.get("cond"), ctx.get("gates"))
         if "offset" in ctx:
             k = k + ctx["offset"]
         v = k if c.step == 1.0 else (1 - c.step) * u + c.step * k
-        v = self.data_step(v, ctx["y"], ctx["eps"])
+        v = self.data_step(v, ctx)
         return v.clamp(0.0, 1.0)
 
-    def _fbp_image(self, y: Tensor) -> Tensor | None:
-        """Clipped Hann-filtered FBP of ``y``, or ``None`` (no geometry, or fan beam without CUDA)."""
-        if self.geometry is None:
-            return None
-        try:
-            if self._fbp is None:
-                from problems.ct.baselines import FBP
-
-                self._fbp = FBP(self.geometry, filter="hann")
-            return self._fbp(y.detach()).to(dtype=y.dtype, device=y.device)
-        except NotImplementedError:
-            return None
-
     @torch.no_grad()
-    def reference_image(self, y: Tensor) -> Tensor | None:
-        """The reference reconstruction of ``y`` (batched), see ``FFPNConfig.reference``; ``None`` when it
-        needs an FBP that is unavailable (no geometry, fan beam without CUDA) and ``reference="fbp"``.
-        The TV reference runs exactly ``reference_tv_iters`` PDHG iterations."""
+    def reference_image(self, y: Tensor, acq: Acquisition, noise: Tensor) -> Tensor:
+        """The reference reconstruction of ``y`` (batched), see ``FFPNConfig.reference``: the filtered
+        backprojection, or exactly ``reference_tv_iters`` PDHG iterations of TV started from it (weight
+        ``reference_tv_lam`` scaled with the angles, the noise level of each sinogram and the image size)."""
+        from problems.ct.baselines import TVWeightRule, tv_reconstruct
+
         c = self.config
-        fbp = self._fbp_image(y)
+        y = y.detach()
+        fbp = acq.filtered_backprojection(y)
         if c.reference == "fbp":
             return fbp
-        from problems.ct.baselines import tv_reconstruct
-
-        return tv_reconstruct(y.detach(), self.op, lam=c.reference_tv_lam, n_iter=c.reference_tv_iters, x0=fbp,
-                              tol=0.0, op_norm=self.op_norm())
+        lam = TVWeightRule(scale=c.reference_tv_lam, angle_power=1.0, noise_power=1.0)(acq.geometry, noise)
+        return tv_reconstruct(y, acq.op, lam=lam, n_iter=c.reference_tv_iters, x0=fbp, tol=0.0,
+                              op_norm=acq.op_norm)
 
     def initial_state(self, ctx: dict[str, Any]) -> Tensor:
         """Initial iterate: the reference reconstruction (``init="fbp"``) or zeros."""
         if self.config.init == "fbp" and ctx.get("reference") is not None:
             return ctx["reference"]
         y = ctx["y"]
-        return y.new_zeros((y.shape[0], *self.op.in_shape))
+        return y.new_zeros((y.shape[0], *ctx["acq"].op.in_shape))
 
 
 def _as_batch(y: Tensor, op: Any) -> tuple[Tensor, bool]:
@@ -407,25 +401,44 @@ def _as_image_batch(image: Tensor | None, batched: bool) -> Tensor | None:
     return image if image is None or batched else image[None]
 
 
+def noise_levels(y: Tensor, noise: float | Tensor | None) -> Tensor:
+    """``(B,)`` relative noise levels of the batch ``y``: ``noise`` broadcast, or estimated from the sinograms
+    (:func:`~problems.ct.acquisition.estimate_noise`) when ``None``."""
+    from problems.ct.acquisition import estimate_noise
+
+    if noise is None:
+        return estimate_noise(y.detach())
+    t = torch.as_tensor(noise, dtype=y.dtype, device=y.device)
+    if t.ndim == 0:
+        t = t.expand(y.shape[0])
+    if t.shape != (y.shape[0],):
+        raise ValueError(f"noise has shape {tuple(t.shape)} for {y.shape[0]} sinograms; give a number or (B,)")
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise ValueError("noise levels must be finite and >= 0")
+    return t
+
+
 class FFPN(nn.Module):
     """``u* = T_theta(u*; y)``: the F-FPN, or the unrolled baseline with ``solve=SolveConfig.unrolled(K)``.
 
-    ``forward(y) -> (u, info)`` with the engine's :class:`~fpntools.info.FixedPointInfo` (per-sample steps,
-    residuals, status). The solve is the :class:`fpntools.FixedPoint` module ``self.fp`` built from ``solve``
-    (default :data:`FFPN_SOLVE`); ``self.T`` is its layer, the map :class:`CTFeasibilityOperator`.
+    ``forward(y, acq, noise=None) -> (u, info)`` with the engine's :class:`~fpntools.info.FixedPointInfo`
+    (per-sample steps, residuals, status). ``acq`` is the :class:`~problems.ct.acquisition.Acquisition` of the
+    sinograms (any geometry; default: the one given at construction). The solve is the
+    :class:`fpntools.FixedPoint` module ``self.fp`` built from ``solve`` (default :data:`FFPN_SOLVE`); ``self.T``
+    is its layer, the map :class:`CTFeasibilityOperator`.
 
     Args:
-        op: the CT operator.
         config: the architecture (:class:`FFPNConfig`).
-        geometry: the acquisition geometry (for the FBP of the reference).
         solve: the :class:`fpntools.SolveConfig` (see :func:`default_solve`).
+        acquisition: default acquisition for calls without one.
     """
 
-    def __init__(self, op: Any, config: FFPNConfig | None = None, geometry: Any = None,
-                 solve: SolveConfig | None = None) -> None:
+    def __init__(self, config: FFPNConfig | None = None, solve: SolveConfig | None = None,
+                 acquisition: Acquisition | None = None) -> None:
         super().__init__()
         self.solve = solve if solve is not None else FFPN_SOLVE
-        self.fp = make_fixed_point(CTFeasibilityOperator(op, config, geometry), self.solve)
+        self.fp = make_fixed_point(CTFeasibilityOperator(config), self.solve)
+        self.acquisition = acquisition
 
     @property
     def T(self) -> CTFeasibilityOperator:  # noqa: N802 - the paper's notation
@@ -449,32 +462,33 @@ class FFPN(nn.Module):
         return (f"F-FPN ({s.solver}, {s.backward} gradients, tolerance {s.eval_tol if s.eval_tol is not None else s.tol:g}"
                 f" in at most {s.eval_max_iter or s.max_iter} steps)")
 
-    def forward(self, y: Tensor, u0: Tensor | None = None, reference: Tensor | None = None
-                ) -> tuple[Tensor, FixedPointInfo]:
-        """``(u*, info)`` for sinograms ``y``; ``reference``: precomputed :meth:`CTFeasibilityOperator.reference_image`
-        of the same (batched) sinograms, e.g. cached across training epochs."""
-        yb, batched = _as_batch(y, self.T.op)
-        ctx = self.T.context(yb, _as_image_batch(reference, batched))
+    def _acq(self, acq: Acquisition | None) -> Acquisition:
+        acq = acq if acq is not None else self.acquisition
+        if acq is None:
+            raise ValueError("no acquisition: pass model(y, acq) with problems.ct.acquisition.acquisition(geometry)")
+        return acq
+
+    def forward(self, y: Tensor, acq: Acquisition | None = None, noise: float | Tensor | None = None,
+                u0: Tensor | None = None, reference: Tensor | None = None) -> tuple[Tensor, FixedPointInfo]:
+        """``(u*, info)`` for sinograms ``y`` of the acquisition ``acq``; ``noise``: relative noise level(s)
+        (``None``: estimated per sinogram); ``reference``: precomputed
+        :meth:`CTFeasibilityOperator.reference_image` of the same (batched) sinograms."""
+        acq = self._acq(acq)
+        yb, batched = _as_batch(y, acq.op)
+        nz = noise_levels(yb, noise)
+        ctx = self.T.context(yb, acq, nz, _as_image_batch(reference, batched))
         u, info = self.fp(ctx, z0=None if u0 is None else _as_image_batch(u0, batched))
         # Anderson mixes iterates with possibly negative weights: the solver's iterate can leave the box by
         # O(residual); T's range lies in the box, so project (a no-op at an exact fixed point and for Picard).
         u = u.clamp(0.0, 1.0)
         return (u if batched else u[0]), info
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,  # type: ignore[override]
-                              error_msgs):
-        # weights written before the model held a FixedPoint module (the shipped ones) name the map "T."
-        for key in [k for k in state_dict if k.startswith(prefix + "T.")]:
-            state_dict[prefix + "fp.layer." + key[len(prefix) + 2:]] = state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
 
-
-def build_model(kind: str, op: Any, config: FFPNConfig | None = None, geometry: Any = None,
-                solve: SolveConfig | None = None) -> FFPN:
+def build_model(kind: str, config: FFPNConfig | None = None, solve: SolveConfig | None = None,
+                acquisition: Acquisition | None = None) -> FFPN:
     """An :class:`FFPN` of ``kind`` (``"ffpn"`` or ``"unrolled"``) with the solve ``solve`` (default
     :func:`default_solve` of the kind); ``solve`` must be of that kind."""
     solve = solve if solve is not None else default_solve(kind)
     if solve_kind(solve) != kind:
         raise ValueError(f"a {kind} model needs a {kind} solve, got {solve}")
-    return FFPN(op, config, geometry, solve)
+    return FFPN(config, solve, acquisition)

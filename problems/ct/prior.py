@@ -44,16 +44,17 @@ class ReferenceConditioner(nn.Module):
         levels: number of resolutions (``>= 1``); any image size works (skips are resized to match).
         offset_scale: initial ``a`` in ``offset = a * u_ref + head(u_ref)``.
         gate_bias: initial pre-sigmoid gate value (``2`` opens the gates to ~0.88 at initialisation).
+        extra_channels: further input images beside ``u_ref`` (e.g. a constant map of the noise level).
     """
 
     def __init__(self, gate_channels: list[int], width: int = 16, levels: int = 3, offset_scale: float = 0.0,
-                 gate_bias: float = 2.0) -> None:
+                 gate_bias: float = 2.0, extra_channels: int = 0) -> None:
         super().__init__()
         if levels < 1 or width < 1:
             raise ValueError(f"levels and width must be >= 1, got {levels}, {width}")
         self.gate_channels = list(gate_channels)
         widths = [width * 2**i for i in range(levels)]
-        self.down = nn.ModuleList([_block(1, widths[0])] + [_block(widths[i - 1], widths[i]) for i in range(1, levels)])
+        self.down = nn.ModuleList([_block(1 + extra_channels, widths[0])] + [_block(widths[i - 1], widths[i]) for i in range(1, levels)])
         self.up = nn.ModuleList(_block(widths[i + 1] + widths[i], widths[i]) for i in range(levels - 1))
         n_out = 1 + sum(self.gate_channels)
         self.head = nn.Conv2d(widths[0], n_out, 1)
@@ -63,8 +64,9 @@ class ReferenceConditioner(nn.Module):
             self.head.bias[1:] = gate_bias
         self.offset_scale = nn.Parameter(torch.tensor(float(offset_scale)))
 
-    def forward(self, reference: Tensor) -> tuple[list[Tensor], Tensor]:
-        h = reference[:, None]
+    def forward(self, reference: Tensor, extra: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """``extra``: ``(B, extra_channels, n, n)`` further inputs (``None`` when ``extra_channels == 0``)."""
+        h = reference[:, None] if extra is None else torch.cat([reference[:, None], extra], dim=1)
         skips = []
         for i, block in enumerate(self.down):
             if i > 0:

@@ -8,8 +8,11 @@
   are impossible for the trained range. More than :data:`RANGE_ERROR_FRACTION` of them above the range is
   refused (a scaled sinogram would otherwise give an all-white image); fewer, or negative entries, are a
   warning (measured data can be noisier than the 1.5% the networks were trained with).
-* :func:`load_network`: the F-FPN or unrolled weights for a method, checked against the geometry and kind.
-* :func:`reconstruct`: run a method, returning a :class:`Reconstruction` with the solver's information.
+* :func:`load_network`: the F-FPN or unrolled weights for a method (one set of weights serves every geometry).
+* :func:`reconstruct`: run a method on the sinograms of one :class:`~problems.ct.acquisition.Acquisition`, with
+  the noise level given or estimated from the sinograms and, for TV, the weight tuned for the geometry and the
+  noise level (:func:`~problems.ct.baselines.tv_weight`) unless given; returns a :class:`Reconstruction` with the
+  solver's information.
 * :meth:`Reconstruction.verdict`: usable or not (non-finite values, a non-finite or diverged solve), warnings
   (a solve that stopped at its budget, pixels saturated at the upper bound), and a one-line summary.
 """
@@ -28,7 +31,8 @@ from torch import Tensor
 
 from fpntools.errors import UserInputError
 from fpntools.info import FixedPointInfo, Status
-from problems.ct.baselines import DEFAULT_TV_LAM, fbp, tv_reconstruct
+from problems.ct.acquisition import Acquisition
+from problems.ct.baselines import FBP, tv_reconstruct, tv_weight
 from problems.ct.geometry import DEFAULT_NOISE, CTGeometry
 
 __all__ = [
@@ -155,22 +159,18 @@ def save_images(path: str | os.PathLike, images: np.ndarray) -> None:
 
 
 # ============================================================================================ networks
-def load_network(method: str, weights: str | os.PathLike | None, op: Any, geometry: CTGeometry) -> Any:
+def load_network(method: str, weights: str | os.PathLike | None = None) -> Any:
     """The :class:`~problems.ct.ffpn.FFPN` of ``method`` (``"ffpn"`` or ``"unrolled"``) from ``weights`` (default:
-    the shipped ones), in eval mode. One-line :class:`UserInputError` when the file is missing or malformed, was
-    trained for another geometry, or holds the other kind of network."""
+    the shipped ones), in eval mode. One-line :class:`UserInputError` when the file is missing or malformed or
+    holds the other kind of network."""
     from fpntools.training.checkpoint import CheckpointError
     from problems.ct.weights import load_model, shipped_weights
 
     try:
         path = Path(weights) if weights is not None else shipped_weights(method)
-        model, wg, _ = load_model(path, op=op, kind=method)
+        model, _ = load_model(path, kind=method)
     except CheckpointError as exc:
         raise UserInputError(str(exc)) from None
-    if wg != geometry:
-        raise UserInputError(
-            f"weights {path} were trained for another geometry ({wg.describe()}); requested {geometry.describe()}"
-        )
     return model
 
 
@@ -263,38 +263,56 @@ class Reconstruction:
 def reconstruct(
     method: str,
     y: Tensor,
-    geometry: CTGeometry,
-    op: Any,
+    acq: Acquisition,
     *,
-    lam: float = DEFAULT_TV_LAM,
+    noise: float | Tensor | None = None,
+    lam: float | None = None,
     iters: int = 500,
     filter: str = "hann",
     model: Any = None,
     weights: str | os.PathLike | None = None,
 ) -> Reconstruction:
-    """Reconstruct the batch ``y`` ``(N, n_angles, n_detectors)`` with ``method``.
+    """Reconstruct the batch ``y`` ``(N, n_angles, n_detectors)`` of the acquisition ``acq`` with ``method``.
 
-    ``fbp`` (``filter``), ``tv`` (weight ``lam``, at most ``iters`` PDHG iterations) or a network (``model``, or
-    loaded from ``weights`` / the shipped weights with :func:`load_network`).
+    ``fbp``: ASTRA's FBP with ``filter`` for parallel beam, the operator's filtered backprojection
+    (:meth:`~problems.ct.acquisition.Acquisition.filtered_backprojection`, Hann) for fan beam; ``tv``: weight
+    ``lam`` (default: :func:`~problems.ct.baselines.tv_weight` of the geometry and the noise level), at most
+    ``iters`` PDHG iterations; a network (``model``, or loaded from ``weights`` / the shipped weights with
+    :func:`load_network`). ``noise``: relative noise level(s); ``None`` estimates it from each sinogram
+    (:func:`~problems.ct.acquisition.estimate_noise`).
     """
+    from problems.ct.ffpn import noise_levels
+
     if method not in METHODS:
         raise UserInputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if method in ("ffpn", "unrolled") and model is None:
-        model = load_network(method, weights, op, geometry)
+        model = load_network(method, weights)
+    geometry = acq.geometry
     t0 = time.perf_counter()
     if method == "fbp":
-        try:
-            images = fbp(y, geometry, filter=filter)
-        except ValueError as exc:
-            raise UserInputError(str(exc)) from None
-        return Reconstruction(images, method, time.perf_counter() - t0, label=f"FBP ({filter} filter)")
+        if geometry.beam == "parallel":
+            try:
+                images = FBP(geometry, filter=filter)(y)
+            except ValueError as exc:
+                raise UserInputError(str(exc)) from None
+            label = f"FBP ({filter} filter)"
+        else:
+            with torch.no_grad():
+                images = acq.filtered_backprojection(y)
+            label = "filtered backprojection (Hann ramp, least-squares scale; fan beam)"
+        return Reconstruction(images, method, time.perf_counter() - t0, label=label)
+    nz = noise_levels(y, noise)
     if method == "tv":
-        if iters < 1 or not lam >= 0:
+        weight = tv_weight(geometry, nz) if lam is None else lam
+        if iters < 1 or (lam is not None and not lam >= 0):
             raise UserInputError(f"TV needs --iters >= 1 and --lam >= 0, got {iters} and {lam}")
-        res = tv_reconstruct(y, op, lam=lam, n_iter=iters, return_result=True)
+        with torch.no_grad():
+            x0 = acq.filtered_backprojection(y)
+        res = tv_reconstruct(y, acq.op, lam=weight, n_iter=iters, x0=x0, return_result=True, op_norm=acq.op_norm)
+        what = f"lam {lam:g}" if lam is not None else f"tuned lam {float(torch.as_tensor(weight).mean()):.3g}"
         return Reconstruction(res.x, method, time.perf_counter() - t0, res.info,
-                              label=f"TV (lam {lam:g}, PDHG)", budget_option="--iters")
+                              label=f"TV ({what}, PDHG)", budget_option="--iters")
     with torch.no_grad():
-        images, info = model(y)
+        images, info = model(y, acq, noise=nz)
     return Reconstruction(images, method, time.perf_counter() - t0, info, fixed_steps=model.kind == "unrolled",
                           label=model.describe())
