@@ -13,6 +13,9 @@ per image (also normalised to a 256x256 image by the pixel count):
 * **BM3D**: the ``bm3d`` package (``bm3d.bm3d(y, sigma)``, its default profile), run in the same process;
 * the **published** BM3D and DnCNN-S figures of the data set's SOURCE.md beside them.
 
+Seconds are CPU seconds of the process around each method's call (``time.process_time``; with one thread the
+time on an idle core, robust to other jobs on a shared machine, which wall time is not; TV oracle: per weight).
+
 Speed of the joint solve against the naive nested optimisation (:func:`problems.imaging.bench.run_task`): on the
 central ``naive_crop`` x ``naive_crop`` crop of each image (the naive method pays a full forward and adjoint
 equilibrium solve per outer step, minutes on a whole image on this CPU), the time each method needs to reach the
@@ -108,9 +111,11 @@ def inpaint_mask(shape: tuple[int, int], kind: str, fraction: float, index: int)
 
 
 def _timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
-    t0 = time.perf_counter()
+    """``(fn(), CPU seconds of this process)``: with one thread the time the call takes on an idle core, robust to
+    other jobs on a shared machine (wall time is not)."""
+    t0 = time.process_time()
     out = fn()
-    return out, time.perf_counter() - t0
+    return out, time.process_time() - t0
 
 
 def tune_tv_weight(images: list[np.ndarray], sigma255: float, grid: tuple[float, ...] = TV_GRID) -> float:
@@ -171,9 +176,9 @@ def run_natural_bench(model: DEQDecoder, dataset: str, sigmas: tuple[float, ...]
             rows["encoder alone"].add(out, img, t)
             out, t = _timed(lambda: tv_denoise(y, w_tv))
             rows[f"TV (tuned, {w_tv:g})"].add(out, img, t)
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             best = max((tv_denoise(y, w) for w in TV_GRID), key=lambda o: float(psnr(np.clip(o, 0, 1), img)))
-            rows["TV (oracle)"].add(best, img, (time.perf_counter() - t0) / len(TV_GRID))
+            rows["TV (oracle)"].add(best, img, (time.process_time() - t0) / len(TV_GRID))
             out, t = _timed(lambda: np.asarray(bm3d.bm3d(y, sig)))
             rows["BM3D (bm3d package)"].add(out, img, t)
             if naive_crop:
@@ -202,7 +207,7 @@ def run_natural_bench(model: DEQDecoder, dataset: str, sigmas: tuple[float, ...]
                 say(f"{label}: {name} done ({i + 1}/{len(images)})")
     n = len(images)
     emit(f"{DATASETS[key]}: {n} image(s){' (first ' + str(limit) + ')' if limit else ''}; mean PSNR (dB) / SSIM; "
-         "seconds per image and per 256x256 (by pixel count), one thread")
+         "CPU seconds of this process per image and per 256x256 (by pixel count; TV oracle: per weight tried)")
     emit("")
     emit("| sigma | method | PSNR | SSIM | s / image | s / 256x256 |")
     emit("|---|---|---|---|---|---|")
