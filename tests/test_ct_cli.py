@@ -1,5 +1,6 @@
-"""CT training through the one trainer (run folder, exact resume, weights) and the ``fpntools ct`` commands:
-outputs, progress, and the bad-input / status rows of issue 14, on a tiny geometry (and the shipped weights)."""
+"""CT training through the one trainer (run folder, exact resume, weights; a tiny end-to-end run on mixed data over
+many geometries) and the ``fpntools ct`` commands: outputs, progress, bad input and solver status, on tiny
+geometries (and the shipped weights at three geometries)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from fpntools.errors import UserInputError
 from fpntools.training.checkpoint import CheckpointError
 from problems.ct.cli import app
 from problems.ct.ffpn import FFPN_SOLVE, FFPNConfig
+from problems.ct.acquisition import acquisition, estimate_noise
 from problems.ct.geometry import CTGeometry
 from problems.ct.train import TrainConfig, train, train_summary
 from problems.ct.weights import load_model, save_weights, shipped_weights
@@ -28,21 +30,29 @@ SMALL_NET = FFPNConfig(channels=4, layers=2, prior_width=4, prior_levels=2, refe
 SMALL_ARGS = ["--channels", "4", "--layers", "2", "--prior-width", "4", "--prior-levels", "2",
               "--reference-tv-iters", "20"]
 SMALL_SOLVE = FFPN_SOLVE.with_(max_iter=15, eval_max_iter=20)
-TRAIN_ARGS = ["--n-train", "4", "--n-val", "2", "--batch-size", "2", "--device", "cpu",
-              "--no-progress", *SMALL_ARGS, *GEOM_ARGS]
+TRAIN_ARGS = ["--epoch-size", "4", "--n-val", "1", "--batch-size", "2", "--device", "cpu", "--size", "16",
+              "--no-progress", *SMALL_ARGS]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny trained F-FPN (1 epoch), its weights and a cache shared by the tests of this module."""
+    """A tiny F-FPN trained one epoch on the mixed data (natural crops when available, phantoms, ellipses) over
+    all training geometries of 16 x 16 images, its weights and a projection-matrix cache shared by the module."""
     root = tmp_path_factory.mktemp("ct_tiny")
     cache = root / "cache"
-    cfg = TrainConfig(epochs=1, batch_size=2, n_train=4, n_val=2, device="cpu", run_dir=str(root / "run"),
-                      progress=False)
-    model, result = train(cfg, SMALL_NET, G, solve=SMALL_SOLVE, cache_dir=cache, log=None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FPNTOOLS_CACHE", str(cache))
+        cfg = TrainConfig(epochs=1, batch_size=2, epoch_size=4, n_val=1, image_size=16, device="cpu",
+                          run_dir=str(root / "run"), progress=False)
+        model, result = train(cfg, SMALL_NET, solve=SMALL_SOLVE, log=None)
     w = root / "net.safetensors"
-    save_weights(model, w, G, train_summary(cfg, result))
-    return {"root": root, "cache": cache, "weights": w, "model": model, "result": result, "config": cfg}
+    save_weights(model, w, train_summary(cfg, result))
+    return {"root": root, "cache": cache / "ct", "weights": w, "model": model, "result": result, "config": cfg}
+
+
+@pytest.fixture(autouse=True)
+def _shared_cache(tiny, monkeypatch):
+    monkeypatch.setenv("FPNTOOLS_CACHE", str(tiny["cache"].parent))
 
 
 def _invoke(args: list[str]):
@@ -54,19 +64,22 @@ def test_train_uses_the_trainer_run_folder_and_weights(tiny, tmp_path) -> None:
     assert {p.name for p in run.iterdir()} >= {"config.json", "history.json", "checkpoint.pt"}
     hist = json.loads((run / "history.json").read_text())
     assert len(hist) == 1 and np.isfinite(hist[0]["val_psnr"]) and result.best_epoch == 1
-    assert {"train_loss", "train_psnr", "train_steps", "lr", "val_psnr", "val_steps"} <= set(hist[0])
+    assert {"train_loss", "train_psnr", "train_steps", "lr", "val_psnr", "val_steps", "val_psnr_ct-like",
+            "val_psnr_ellipses", "val_psnr_shepp-logan-variants"} <= set(hist[0])
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["trainer"]["schedule"] == "exponential" and cfg["trainer"]["select_metric"] == "val_psnr"
+    assert cfg["trainer"]["schedule"] == "cosine" and cfg["trainer"]["select_metric"] == "val_psnr"
     assert cfg["solve_config"] == SMALL_SOLVE.to_dict() and cfg["model"] == "ffpn"
+    assert len(cfg["geometries"]) == 10 and {g["beam"] for g in cfg["geometries"]} == {"parallel", "fan"}
     # a second start in the same folder is refused without --resume / --force
     with pytest.raises(UserInputError, match="already holds a checkpoint"):
-        train(tiny["config"], SMALL_NET, G, solve=SMALL_SOLVE, cache_dir=tiny["cache"], log=None)
-    loaded, g, meta = load_model(tiny["weights"], cache_dir=tiny["cache"])
-    assert g == G and meta["kind"] == "ffpn" and len(meta["history"]) == 1
+        train(tiny["config"], SMALL_NET, solve=SMALL_SOLVE, log=None)
+    loaded, meta = load_model(tiny["weights"])
+    assert meta["kind"] == "ffpn" and len(meta["history"]) == 1 and len(meta["geometries"]) == 10
     assert loaded.solve == SMALL_SOLVE and loaded.config == SMALL_NET
     y = torch.rand(2, 8, 23) * 5
+    acq = acquisition(G)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(y)[0], tiny["model"].eval()(y)[0])
+        torch.testing.assert_close(loaded(y, acq)[0], tiny["model"].eval()(y, acq)[0])
     (tmp_path / "w.safetensors").write_bytes(tiny["weights"].read_bytes())
     with pytest.raises(CheckpointError, match="metadata"):
         load_model(tmp_path / "w.safetensors")
@@ -74,20 +87,29 @@ def test_train_uses_the_trainer_run_folder_and_weights(tiny, tmp_path) -> None:
         load_model(tmp_path / "missing.safetensors")
 
 
+def test_training_pool_is_the_same_for_any_number_of_workers() -> None:
+    from problems.ct.train import make_image_pool
+
+    a = make_image_pool(6, (0.0, 0.5, 0.5), seed=3, chunk=2, size=16)
+    b = make_image_pool(6, (0.0, 0.5, 0.5), seed=3, chunk=2, size=16, workers=2)
+    assert a.shape == (6, 16, 16) and torch.equal(a, b) and float(a.min()) >= 0 and float(a.max()) <= 1
+
+
 def test_cli_train_resume_is_exact(tiny, tmp_path) -> None:
-    """Two epochs in one run equal one epoch, then --resume to two (weights bit for bit), through the CLI."""
-    cache = ["--cache-dir", str(tiny["cache"])]
+    """Two epochs in one run equal a run stopped after one epoch and a half, then resumed (weights bit for bit),
+    through the CLI."""
     full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
-    r = _invoke(["train", "--out", str(full), "--epochs", "2", *TRAIN_ARGS, *cache])
+    r = _invoke(["train", "--out", str(full), "--epochs", "2", *TRAIN_ARGS])
     assert r.exit_code == 0, r.output
     assert "wrote" in r.stdout and "run folder" in r.stdout and (tmp_path / "full_run" / "checkpoint.pt").is_file()
-    r = _invoke(["train", "--out", str(part), "--epochs", "1", *TRAIN_ARGS, *cache])
-    assert r.exit_code == 0, r.output
+    r = _invoke(["train", "--out", str(part), "--epochs", "2", "--max-steps", "3", *TRAIN_ARGS])
+    assert r.exit_code == 0 and "stopped early" in r.stdout, r.output
     first = json.loads(part.with_suffix(".json").read_text())["history"]
-    r = _invoke(["train", "--out", str(part), "--epochs", "2", *TRAIN_ARGS, *cache])
+    assert len(first) == 1
+    r = _invoke(["train", "--out", str(part), "--epochs", "2", *TRAIN_ARGS])
     assert r.exit_code == EXIT_USER_ERROR or isinstance(r.exception, UserInputError)
     assert "--resume" in str(r.exception)
-    r = _invoke(["train", "--out", str(part), "--epochs", "2", "--resume", *TRAIN_ARGS, *cache])
+    r = _invoke(["train", "--out", str(part), "--epochs", "2", "--resume", *TRAIN_ARGS])
     assert r.exit_code == 0, r.output
     assert "resuming" in r.stderr
     a, b = load_file(str(full)), load_file(str(part))
@@ -98,34 +120,35 @@ def test_cli_train_resume_is_exact(tiny, tmp_path) -> None:
     assert hb[0] == first[0]  # epoch 1 was restored from the checkpoint (its wall time too), not run again
 
 
-def test_cli_simulate_reconstruct_bench(tiny, tmp_path) -> None:
-    cache = ["--cache-dir", str(tiny["cache"])]
+def test_cli_simulate_reconstruct(tiny, tmp_path) -> None:
     sino, truth, rec = tmp_path / "y.npy", tmp_path / "x.npy", tmp_path / "r.npy"
-    r = _invoke(["simulate", "--out", str(sino), "--truth-out", str(truth), "-n", "2", *GEOM_ARGS, *cache])
+    r = _invoke(["simulate", "--out", str(sino), "--truth-out", str(truth), "-n", "2", *GEOM_ARGS])
     assert r.exit_code == 0, r.output
     assert np.load(sino).shape == (2, 8, 23) and np.load(truth).shape == (2, 16, 16)
     for method in ("fbp", "tv"):
         r = _invoke(["reconstruct", str(sino), "--method", method, "--out", str(rec), "--truth", str(truth),
-                     "--iters", "100", "--png", str(tmp_path / "r.png"), *GEOM_ARGS, *cache])
+                     "--iters", "100", "--png", str(tmp_path / "r.png"), *GEOM_ARGS])
         assert r.exit_code == 0, r.output
         assert "PSNR" in r.stdout and np.load(rec).shape == (2, 16, 16) and (tmp_path / "r.png").is_file()
         assert "output usable" in r.stdout
+    assert "estimated relative noise level" in r.stderr and "tuned lam" in r.stdout
+    r = _invoke(["reconstruct", str(sino), "--method", "tv", "--noise", "0.02", "--lam", "0.3", "--iters", "50",
+                 "--out", str(rec), *GEOM_ARGS])
+    assert r.exit_code == 0 and "lam 0.3" in r.stdout and "estimated" not in r.stderr, r.output
     r = _invoke(["reconstruct", str(sino), "--method", "ffpn", "--weights", str(tiny["weights"]), "--out", str(rec),
-                 *GEOM_ARGS, *cache])
+                 *GEOM_ARGS])
     assert r.exit_code == 0, r.output
     assert "converged to tolerance" in r.stdout and "output usable" in r.stdout and np.isfinite(np.load(rec)).all()
-    out = tmp_path / "bench.json"
-    r = _invoke(["bench", "--methods", "fbp,tv,ffpn", "--n-test", "2", "--iters", "100",
-                 "--ffpn-weights", str(tiny["weights"]), "--json", str(out), "--figure", str(tmp_path / "f.png"),
-                 *GEOM_ARGS, *cache])
+    # the same weights at a fan-beam geometry
+    fan = ["--size", "16", "--angles", "12", "--detectors", "25", "--beam", "fan", "--source-origin", "32",
+           "--origin-detector", "32"]
+    r = _invoke(["simulate", "--out", str(tmp_path / "f.npy"), "-n", "2", *fan])
     assert r.exit_code == 0, r.output
-    res = json.loads(out.read_text())["results"]
-    assert set(res) == {"fbp", "tv", "ffpn"} and all(np.isfinite(v["psnr"]) for v in res.values())
-    assert res["ffpn"]["status"] in ("CONVERGED", "MAX_ITER") and res["tv"]["steps"] <= 100
-    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # progress: one line per method on stderr, before and after it runs
-    assert "[1/3] fbp ..." in r.stderr and "[3/3] ffpn: PSNR" in r.stderr and "[1/3]" not in r.stdout
-    r = _invoke(["reconstruct", str(sino), "--method", "fbp", "--out", str(tmp_path / "only.png"), *GEOM_ARGS, *cache])
+    for method in ("fbp", "ffpn"):
+        r = _invoke(["reconstruct", str(tmp_path / "f.npy"), "--method", method, "--weights", str(tiny["weights"]),
+                     "--out", str(rec), *fan])
+        assert r.exit_code == 0 and np.load(rec).shape == (2, 16, 16), r.output
+    r = _invoke(["reconstruct", str(sino), "--method", "fbp", "--out", str(tmp_path / "only.png"), *GEOM_ARGS])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "only.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "only.png.npy").exists()
 
@@ -138,8 +161,6 @@ def test_cli_input_errors(tmp_path) -> None:
     assert not (tmp_path / "o.npy").exists()  # no partial output
     r = _invoke(["reconstruct", str(tmp_path / "none.npy"), "--out", str(tmp_path / "o.npy")])
     assert r.exit_code != 0 and "not found" in str(r.exception)
-    r = _invoke(["bench", "--methods", "fbp,magic", *GEOM_ARGS])
-    assert r.exit_code != 0 and "unknown methods" in str(r.exception)
     bad_inputs = {
         "nan": (np.where(np.arange(8 * 23).reshape(8, 23) == 5, np.nan, 0.0), "1 NaN or infinite"),
         "inf": (np.full((2, 8, 23), np.inf), "368 NaN or infinite"),
@@ -165,6 +186,10 @@ def test_cli_input_errors(tmp_path) -> None:
     r = _invoke(["reconstruct", str(good), "--method", "ffpn", "--weights", str(tmp_path / "no.safetensors"),
                  "--out", str(tmp_path / "o.npy"), *GEOM_ARGS])
     assert r.exit_code != 0 and isinstance(r.exception, UserInputError) and "not found" in str(r.exception)
+    for noise in ("-0.1", "nan", "2"):
+        r = _top(["reconstruct", str(good), "--method", "tv", "--noise", noise, "--out", str(tmp_path / "o.npy"),
+                  *GEOM_ARGS])
+        assert r.exit_code == EXIT_USER_ERROR and "--noise must be" in r.output and r.output.count("\n") == 1
 
 
 def _top(args: list[str]):
@@ -189,11 +214,8 @@ def test_out_path_errors_come_before_computing(tmp_path) -> None:
             r = _top(["reconstruct", str(missing), "--method", "fbp", "--out", out, *GEOM_ARGS])
             assert r.exit_code == EXIT_USER_ERROR, (out, r.output)
             assert message in r.output and r.output.count("\n") == 1 and "Traceback" not in r.output
-        r = _top(["train", "--out", str(tmp_path / "adir.npy"), *GEOM_ARGS])
+        r = _top(["train", "--out", str(tmp_path / "adir.npy")])
         assert r.exit_code == EXIT_USER_ERROR and "must end in .safetensors" in r.output
-        (tmp_path / "fig.png").mkdir()
-        r = _top(["bench", "--figure", str(tmp_path / "fig.png"), "--n-test", "1", *GEOM_ARGS])
-        assert r.exit_code == EXIT_USER_ERROR and "--figure" in r.output and "is a directory" in r.output
     finally:
         ro.chmod(0o700)
 
@@ -202,12 +224,11 @@ def test_scaled_sinograms_are_refused_or_not_usable(tmp_path) -> None:
     """A sinogram scaled by 1e4 / 1e20: exit 2 naming the out-of-range fraction (nothing written) for every
     method; past the range check, the library still never returns a NaN image as usable."""
     from problems.ct.phantoms import random_ellipses, simulate
-    from problems.ct.projector import ct_operator
     from problems.ct.reconstruct import reconstruct
 
     g = CTGeometry()
-    op = ct_operator(g)
-    y = simulate(torch.from_numpy(random_ellipses(1, 128, seed=1)), g, seed=0, operator=op)[0]
+    acq = acquisition(g)
+    y = simulate(torch.from_numpy(random_ellipses(1, 128, seed=1)), g, seed=0, operator=acq.op)[0]
     for scale in (1e4, 1e20):
         path = tmp_path / f"y{scale:g}.npy"
         np.save(path, (y * scale).numpy())
@@ -216,10 +237,10 @@ def test_scaled_sinograms_are_refused_or_not_usable(tmp_path) -> None:
             r = _top(["reconstruct", str(path), "--method", method, "--out", str(out)])
             assert r.exit_code == EXIT_USER_ERROR, r.output
             assert "exceed the largest line integral" in r.output and "rescale" in r.output and not out.exists()
-    rec = reconstruct("unrolled", (y * 1e20)[None], g, op)
+    rec = reconstruct("unrolled", (y * 1e20)[None], acq, noise=0.015)
     verdict = rec.verdict()
     assert not verdict.usable and "NaN or infinite" in verdict.problems[0] and torch.isfinite(rec.images).all()
-    rec = reconstruct("ffpn", (y * 1e4)[None], g, op)
+    rec = reconstruct("ffpn", (y * 1e4)[None], acq, noise=0.015)
     assert any("upper bound 1" in w for w in rec.verdict().warnings)  # all white: a warning with the fraction
     slight = tmp_path / "slight.npy"
     spiky = y.clone()
@@ -241,17 +262,15 @@ def test_weights_of_the_other_kind_are_refused(tmp_path) -> None:
 def test_solver_status_decides_the_exit(tiny, tmp_path) -> None:
     """Not converged within the budget: a warning, exit 0, output written; a non-finite solve: exit 3, nothing
     written."""
-    cache = ["--cache-dir", str(tiny["cache"])]
     sino = tmp_path / "y.npy"
-    assert _invoke(["simulate", "--out", str(sino), "-n", "2", *GEOM_ARGS, *cache]).exit_code == 0
+    assert _invoke(["simulate", "--out", str(sino), "-n", "2", *GEOM_ARGS]).exit_code == 0
     meta = json.loads(tiny["weights"].with_suffix(".json").read_text())
     budget = tmp_path / "budget.safetensors"
     budget.write_bytes(tiny["weights"].read_bytes())
     meta["solve_config"] = {**meta["solve_config"], "eval_max_iter": 1, "eval_tol": 1e-12}
     budget.with_suffix(".json").write_text(json.dumps(meta))
     out = tmp_path / "r.npy"
-    r = _top(["reconstruct", str(sino), "--method", "ffpn", "--weights", str(budget), "--out", str(out), *GEOM_ARGS,
-              *cache])
+    r = _top(["reconstruct", str(sino), "--method", "ffpn", "--weights", str(budget), "--out", str(out), *GEOM_ARGS])
     assert r.exit_code == 0 and "warning: the ffpn solve stopped at its budget" in r.output and out.is_file()
     nan = tmp_path / "nan.safetensors"
     tensors = load_file(str(tiny["weights"]))
@@ -262,8 +281,7 @@ def test_solver_status_decides_the_exit(tiny, tmp_path) -> None:
     save_file(tensors, str(nan))
     nan.with_suffix(".json").write_text(tiny["weights"].with_suffix(".json").read_text())
     out2 = tmp_path / "r2.npy"
-    r = _top(["reconstruct", str(sino), "--method", "ffpn", "--weights", str(nan), "--out", str(out2), *GEOM_ARGS,
-              *cache])
+    r = _top(["reconstruct", str(sino), "--method", "ffpn", "--weights", str(nan), "--out", str(out2), *GEOM_ARGS])
     assert r.exit_code == EXIT_NOT_USABLE and "NaN or infinite" in r.output and "nothing written" in r.output
     assert not out2.exists()
 
@@ -275,48 +293,53 @@ def test_weights_metadata_errors(tiny, tmp_path) -> None:
         "kind": ({**meta, "kind": "transformer"}, "unknown model kind"),
         "mismatch": ({**meta, "kind": "unrolled"}, "declares a unrolled model but its solve is of the ffpn kind"),
         "unknown key": ({**meta, "model_config": {**meta["model_config"], "depth": 3}}, "unknown F-FPN"),
+        "no solve": ({k: v for k, v in meta.items() if k != "solve_config"}, "missing key"),
     }
     for tag, (doc, message) in cases.items():
         w = tmp_path / f"{tag.replace(' ', '_')}.safetensors"
         w.write_bytes(tiny["weights"].read_bytes())
         w.with_suffix(".json").write_text(json.dumps(doc))
         with pytest.raises(CheckpointError, match=message):
-            load_model(w, cache_dir=tiny["cache"])
+            load_model(w)
 
 
-def test_shipped_weights_reconstruct_default_geometry(tmp_path) -> None:
+@pytest.mark.parametrize("name", ["par30", "par60", "fan60"])
+def test_shipped_weights_reconstruct_at_three_geometries(name) -> None:
+    """The same shipped weights at three geometries: on held-out phantoms (a seed no training or validation set
+    uses) each network improves on the classical reconstruction it starts from."""
     from fpntools.metrics import psnr
-    from problems.ct.phantoms import random_ellipses, simulate
-    from problems.ct.projector import ct_operator
+    from problems.ct.images import rich_phantoms
+    from problems.ct.train import geometry_by_name, simulate_batch
 
-    g = CTGeometry()
-    op = ct_operator(g)
-    x = torch.from_numpy(random_ellipses(1, 128, seed=123))
-    y = simulate(x, g, seed=5, operator=op)
+    g = geometry_by_name(name)
+    acq = acquisition(g)
+    x = torch.from_numpy(rich_phantoms(2, 128, rng=np.random.default_rng(987_654)))
+    gen = torch.Generator().manual_seed(5)
+    y = simulate_batch(x, torch.randn((2, *g.sino_shape), generator=gen), torch.full((2,), 0.015), acq)
     for kind in ("ffpn", "unrolled"):
-        model, wg, meta = load_model(shipped_weights(kind), op=op, kind=kind)
-        assert wg == g and meta["kind"] == kind and meta["history"] and model.kind == kind
+        model, meta = load_model(shipped_weights(kind), kind=kind)
+        assert meta["kind"] == kind and meta["history"] and model.kind == kind
         with torch.no_grad():
-            u, info = model(y)
-            ref = model.T.reference_image(y)
-        # on a phantom it never saw, the learned map improves on the classical reconstruction it starts from
-        assert float(psnr(u, x)) > max(33.0, float(psnr(ref, x)) + 0.5), (kind, float(psnr(u, x)), float(psnr(ref, x)))
+            u, info = model(y, acq)
+            ref = model.T.reference_image(y, acq, estimate_noise(y))
+        gain = float(psnr(u, x).mean()) - float(psnr(ref, x).mean())
+        assert gain > 0.5, (kind, name, gain)
         assert info.status.name == ("CONVERGED" if kind == "ffpn" else "MAX_ITER") and int(info.steps.max()) <= 100
-    assert load_model(shipped_weights("unrolled"), op=op)[0].solve.max_iter == 10
+    assert load_model(shipped_weights("unrolled"))[0].solve.max_iter == 10
 
 
-def test_cli_tune_tv_prints_the_validation_table(tmp_path) -> None:
-    r = _invoke(["tune-tv", "--n-val", "2", "--iters", "30", *GEOM_ARGS, "--cache-dir", str(tmp_path / "cache")])
+def test_cli_tune_tv_prints_the_table_and_the_rule(tmp_path) -> None:
+    r = _invoke(["tune-tv", "--geometries", "par8,fan12", "--noises", "0.01,0.03", "--n-val", "1", "--iters", "30",
+                 "--size", "16"])
     assert r.exit_code == 0, r.output
-    rows = [line for line in r.output.splitlines() if line.startswith("lam ")]
-    assert len(rows) >= 6 and sum("<- best" in line for line in rows) == 1
-    best = float(r.output.split("best lam = ")[1].split()[0])
-    psnrs = {float(line.split()[1].rstrip(":")): float(line.split("PSNR ")[1].split()[0]) for line in rows}
-    assert max(psnrs, key=psnrs.get) == pytest.approx(best, rel=1e-3)
+    rows = [line for line in r.stdout.splitlines() if "best lam" in line]
+    assert len(rows) == 4 and "rule: TVWeightRule(scale=" in r.stdout
+    r = _top(["tune-tv", "--geometries", "cone9"])
+    assert r.exit_code == EXIT_USER_ERROR and "unknown geometry 'cone9'" in r.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_train_device_cuda_without_cuda_is_one_line(tmp_path) -> None:
-    r = _top(["train", "--device", "cuda", "--out", str(tmp_path / "w.safetensors"), *GEOM_ARGS])
+    r = _top(["train", "--device", "cuda", "--out", str(tmp_path / "w.safetensors")])
     assert r.exit_code == EXIT_USER_ERROR and "CUDA is not available" in r.output and r.output.count("\n") == 1
     assert not (tmp_path / "w.safetensors").exists()

@@ -212,6 +212,7 @@ def train(
     prior_width: int = typer.Option(32, help="U-Net prior: channels of the first level"),
     prior_levels: int = typer.Option(4, help="U-Net prior: number of resolutions"),
     max_minutes: float = typer.Option(0.0, help="stop (with a checkpoint) after this many minutes (0: no limit)"),
+    max_steps: Optional[int] = typer.Option(None, help="stop (with a checkpoint) after this many optimizer steps"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     threads: int = ThreadsOpt,
     size: int = typer.Option(128, "--size", help="training image side (geometries scale with it)"),
@@ -250,7 +251,7 @@ def train(
                       epoch_size=epoch_size, n_val=n_val, noise_min=noise_min, noise_max=noise_max, image_size=size,
                       natural_images=None if natural_images is None else str(natural_images),
                       validation_file=None if validation_file is None else str(validation_file), workers=workers,
-                      seed=seed, max_minutes=max_minutes, device=device, run_dir=str(run_dir), resume=resume,
+                      seed=seed, max_minutes=max_minutes, max_steps=max_steps, device=device, run_dir=str(run_dir), resume=resume,
                       force=force, progress=progress)
     net, result = run_train(cfg, mcfg, solve=solve, log=_stderr)
     if not result.history:
@@ -313,6 +314,7 @@ def tune_tv(
     noises: str = typer.Option("0.005,0.015,0.03", help="comma-separated relative noise levels"),
     n_val: int = typer.Option(6, help="validation images per validation set"),
     iters: int = typer.Option(300, help="PDHG iterations per reconstruction"),
+    size: int = typer.Option(128, "--size", help="image side of the validation images and geometries"),
     threads: int = ThreadsOpt,
 ) -> None:
     """Tune the TV weight per geometry and noise level on the validation sets and fit the weight rule
@@ -323,14 +325,14 @@ def tune_tv(
     if n_val < 1 or iters < 1:
         raise UserInputError(f"--n-val and --iters must be >= 1, got {n_val}, {iters}")
     try:
-        geoms = {name.strip(): geometry_by_name(name.strip()) for name in geometries.split(",") if name.strip()}
+        geoms = {name.strip(): geometry_by_name(name.strip(), size) for name in geometries.split(",") if name.strip()}
         levels = [float(v) for v in noises.split(",") if v.strip()]
     except ValueError as exc:
         raise UserInputError(str(exc).splitlines()[0]) from None
     if not geoms or not levels or not all(0 < v < 1 for v in levels):
         raise UserInputError("give at least one geometry and noise levels in (0, 1)")
     _threads(threads)
-    res = tune_tv_grid(validation_images(n_val), geoms, levels, iters=iters, log=_stderr)
+    res = tune_tv_grid(validation_images(n_val, size=size), geoms, levels, iters=iters, log=_stderr)
     for (g, s), lam in res.best.items():
         typer.echo(f"{g:6s} noise {s:<6g} best lam {lam:8.4g}  rule {res.rule(geoms[g], s):8.4g}")
     r = res.rule

@@ -127,6 +127,7 @@ class TrainConfig:
         workers: processes generating the image pool (``0``: in this process).
         seed: pool, initialisation and sample-order seed.
         max_minutes: stop (with a checkpoint) once this much wall time has passed (``0``: no limit).
+        max_steps: stop (with a checkpoint) after this many optimizer steps (``None``: no limit).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         run_dir, resume, force, progress: the trainer's run folder options.
     """
@@ -150,6 +151,7 @@ class TrainConfig:
     workers: int = 0
     seed: int = 0
     max_minutes: float = 0.0
+    max_steps: int | None = None
     device: str = "auto"
     run_dir: str | None = None
     resume: bool = False
@@ -178,7 +180,7 @@ class TrainConfig:
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer="adam", schedule="cosine",
             lr_min_ratio=self.lr_min_ratio, grad_clip=self.grad_clip or None, seed=self.seed, device=self.device,
             run_dir=self.run_dir, resume=self.resume, force=self.force, max_minutes=self.max_minutes,
-            select_metric="val_psnr", select_mode="max", progress=self.progress,
+            max_steps=self.max_steps, select_metric="val_psnr", select_mode="max", progress=self.progress,
         )
 
 
