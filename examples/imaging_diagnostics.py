@@ -59,7 +59,7 @@ from fpntools.operators import lanczos
 from fpntools.regularization import jacobian_frobenius
 from problems.imaging.bench import TASKS, make_observation, run_task
 from problems.imaging.data import TRAIN_IMAGES, PatchSampler, center_crop, load_image, validation_crops
-from problems.imaging.model import load_decoder
+from problems.imaging.model import SCIKIT_WEIGHTS, load_decoder
 from problems.imaging.tasks import (
     AUGMENTED_DEFAULT,
     TaskConfig,
@@ -347,7 +347,7 @@ def validation_reach(model) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", default=None, help="decoder weights (default: the shipped ones)")
+    ap.add_argument("--weights", default=None, help="decoder weights (default: the first shipped ones, data/imaging/deq_decoder.safetensors)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated: " + ", ".join(SECTIONS))
     args = ap.parse_args()
     sections = args.sections.split(",")
@@ -355,7 +355,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     torch.set_num_threads(1)
-    model = load_decoder(args.weights)
+    model = load_decoder(args.weights or SCIKIT_WEIGHTS)
     for p in model.parameters():
         p.requires_grad_(False)
     for section in sections:

@@ -21,7 +21,7 @@ from problems.imaging.data import (
     read_image,
     validation_crops,
 )
-from problems.imaging.model import load_decoder
+from problems.imaging.model import SCIKIT_WEIGHTS, load_decoder
 from problems.imaging.tasks import (
     TaskConfig,
     block_mask,
@@ -37,7 +37,7 @@ from problems.imaging.tasks import (
 
 @pytest.fixture(scope="module")
 def model():
-    m = load_decoder()
+    m = load_decoder(SCIKIT_WEIGHTS)
     for p in m.parameters():
         p.requires_grad_(False)
     return m
@@ -251,7 +251,7 @@ def test_shipped_smooth_weights_give_a_smooth_objective():
     img = center_crop(load_image("camera"), 32)
     y, mask = make_observation(img, TASKS[2])
     drift = {}
-    for path in (SMOOTH_WEIGHTS, None):
+    for path in (SMOOTH_WEIGHTS, SCIKIT_WEIGHTS):
         model = load_decoder(path).requires_grad_(False)
         prob = make_problem(model, y, mask, TaskConfig(lam=TASKS[2].lam)).to(torch.float64)
         x = prob.x0()
@@ -268,7 +268,7 @@ def test_shipped_smooth_weights_give_a_smooth_objective():
         assert quotients[0] == pytest.approx(slope, rel=1e-5)
         drift[path] = abs(quotients[1] - slope) / abs(slope)
     assert load_decoder(SMOOTH_WEIGHTS).cfg.activation == "softplus"
-    assert drift[SMOOTH_WEIGHTS] < 1e-3 < drift[None]
+    assert drift[SMOOTH_WEIGHTS] < 1e-3 < drift[SCIKIT_WEIGHTS]
 
 
 def test_tuning_on_validation_crops(model):

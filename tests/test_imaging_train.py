@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from fpntools.solve_config import JacobianRegConfig
 from problems.imaging.model import DEFAULT_SOLVE, DecoderConfig, DEQDecoder, load_decoder, save_decoder
 from problems.imaging.train import TrainConfig, train_decoder
+from problems.imaging.data import NATURAL_ROOT
 
 SMALL = DecoderConfig(channels=8, latent_channels=2, encoder_width=8)
 FAST = DEFAULT_SOLVE.with_(max_iter=5, backward_max_iter=5)
@@ -204,10 +205,10 @@ def test_shipped_weights_load_with_their_training_solve(which: str):
     decoder's own solve then reproduces the held-out PSNRs recorded in the files at the end of training."""
     from safetensors import safe_open
 
-    from problems.imaging.model import DEFAULT_WEIGHTS, SMOOTH_WEIGHTS
+    from problems.imaging.model import SCIKIT_WEIGHTS, SMOOTH_WEIGHTS
     from problems.imaging.train import heldout_psnr
 
-    path = DEFAULT_WEIGHTS if which == "relu" else SMOOTH_WEIGHTS
+    path = SCIKIT_WEIGHTS if which == "relu" else SMOOTH_WEIGHTS
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
     assert "solve" not in meta  # the legacy format
@@ -232,3 +233,24 @@ def test_legacy_solver_keys_map_onto_the_solve_config(tmp_path: Path):
     model = DEQDecoder(SMALL, FAST.with_(backward="jfb", eval_tol=1e-5))
     save_decoder(model, tmp_path / "w.safetensors")
     assert load_decoder(tmp_path / "w.safetensors").solve == model.solve
+
+
+@pytest.mark.skipif(not (NATURAL_ROOT / "train400").is_dir(), reason="../shared/data/natural-images is absent")
+def test_natural_weights_reproduce_their_validation_psnr():
+    """The shipped natural-image prior (the default weights) loads with its own solve and reproduces the
+    validation PSNRs recorded in it (amortised restoration of the held-out train400 images at 0/15/25/50)."""
+    from safetensors import safe_open
+
+    from problems.imaging.data import load_training_images, split_train_validation
+    from problems.imaging.model import DEFAULT_WEIGHTS, NATURAL_WEIGHTS
+    from problems.imaging.train import VALIDATION_SIGMAS, ValidationSet
+
+    assert DEFAULT_WEIGHTS == NATURAL_WEIGHTS
+    with safe_open(str(NATURAL_WEIGHTS), framework="pt") as fh:
+        summary = json.loads(fh.metadata()["summary"])
+    assert summary["train"]["data"] in ("train400", ".gpu/data/train400.npy") or summary["train"]["data"].endswith(
+        "train400.npy")
+    _, val = split_train_validation(load_training_images("train400"), "train400")
+    model = load_decoder(NATURAL_WEIGHTS)
+    got = {f"sigma={round(s * 255)}/255": round(ValidationSet(val).psnr(model, s), 2) for s in VALIDATION_SIGMAS}
+    assert got == pytest.approx(summary["validation_psnr"], abs=0.011)

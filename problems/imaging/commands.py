@@ -32,7 +32,7 @@ from fpntools.augmented import Counter
 from fpntools.cli_support import NotUsableError, check_output_path, warn
 from fpntools.errors import UserInputError
 from fpntools.metrics import psnr
-from problems.imaging.model import DEQDecoder, load_decoder
+from problems.imaging.model import SCIKIT_WEIGHTS, DEQDecoder, load_decoder
 from problems.imaging.restore import COLOUR_MODES, RestoredImage, RestoreSettings, restore_array
 from problems.imaging.tasks import LAM_MIN, lam_for_sigma
 
@@ -183,7 +183,7 @@ def run_tune(size: int, lams: str, tv_weights: str, naive_lrs: str, emit: Callab
     lam_grid, tv_grid = _numbers(lams, "--lams"), _numbers(tv_weights, "--tv-weights")
     lr_grid = _numbers(naive_lrs, "--naive-lrs")
     torch.set_num_threads(max(1, threads))
-    model = load_frozen_decoder(weights)
+    model = load_frozen_decoder(weights or SCIKIT_WEIGHTS)
     crops = validation_crops(size)
     emit(f"validation crops {size}x{size}: {', '.join(name for name, _ in crops)}")
     for task in TASKS:
@@ -223,7 +223,7 @@ def run_bench_table(size: int, images: str, repeats: int, tasks: str, emit: Call
     if not chosen:
         raise UserInputError(f"--tasks must be 'all' or names from {sorted(keys)}")
     torch.set_num_threads(max(1, threads))
-    model = load_frozen_decoder(weights)
+    model = load_frozen_decoder(weights or SCIKIT_WEIGHTS)
     emit(f"fpntools imaging bench --size {size} --images {images} --repeats {repeats} --threads {threads}")
     for line in HEADER:
         emit(line)

@@ -40,6 +40,7 @@ from fpntools.solve_config import JacobianRegConfig, SolveConfig, make_fixed_poi
 
 __all__ = [
     "DecoderConfig", "DEQLayer", "DEQDecoder", "save_decoder", "load_decoder", "DEFAULT_WEIGHTS", "SMOOTH_WEIGHTS",
+    "SCIKIT_WEIGHTS", "NATURAL_WEIGHTS",
     "ACTIVATIONS", "DEFAULT_SOLVE", "SIZE_LIMITS", "solve_from_metadata",
 ]
 
@@ -61,9 +62,17 @@ _LEGACY_SOLVE_KEYS = {"fwd_tol": "tol", "fwd_max_iter": "max_iter", "bwd_tol": "
                       "bwd_max_iter": "backward_max_iter"}
 _LEGACY_JACOBIAN_KEYS = {"jac_weight": "weight", "jac_prob": "prob"}
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "imaging" / "deq_decoder.safetensors"
-SMOOTH_WEIGHTS = DEFAULT_WEIGHTS.with_name("deq_decoder_softplus.safetensors")
-"""The shipped weights fine-tuned with the softplus activation (``docs/imaging.md``: smooth latent objectives)."""
+SCIKIT_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "imaging" / "deq_decoder.safetensors"
+"""The first shipped weights (relu), trained on scikit-image pictures: the default of the scikit-image benchmark,
+``tune`` and the diagnostics, whose documented numbers they reproduce."""
+SMOOTH_WEIGHTS = SCIKIT_WEIGHTS.with_name("deq_decoder_softplus.safetensors")
+"""The first shipped weights fine-tuned with the softplus activation (``docs/imaging.md``: smooth latent
+objectives)."""
+NATURAL_WEIGHTS = SCIKIT_WEIGHTS.with_name("deq_natural.safetensors")
+"""The natural-image prior trained on train400 (issue 16; config and history beside it as ``deq_natural.json`` /
+``deq_natural_history.json``): the default of ``denoise`` / ``inpaint`` / ``fit`` and ``bench --dataset``."""
+DEFAULT_WEIGHTS = NATURAL_WEIGHTS
+"""What :func:`load_decoder` loads without a path."""
 
 
 @dataclass(frozen=True)
