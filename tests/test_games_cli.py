@@ -165,8 +165,13 @@ def test_evaluate_reports_solver_status(monkeypatch, capsys, tmp_path, trained_r
     assert code == 0 and "fp_converged=1" in out and "warning" not in err, err
     metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
     assert metrics["fp_converged"] == 1.0 and metrics["err"] > 0
-    # a budget too small to converge: the metrics are those of the predictions as they are, with a warning
+    # one solver step: the face solve still certifies the exact equilibria of the learned game
     code, out, err = _run(monkeypatch, capsys, "evaluate", str(trained_run), "--max-iter", "1")
+    assert code == 0 and "fp_converged=1" in out and "warning" not in err, err
+    # without the face solve, a budget too small to converge: the metrics are those of the predictions as they
+    # are, with a warning
+    no_face = _edited(trained_run, tmp_path, "noface.pt", lambda s: s["model"]["nfpn"].update(face_solve=False))
+    code, out, err = _run(monkeypatch, capsys, "evaluate", no_face, "--max-iter", "1")
     assert code == 0 and err.startswith("warning:") and "stopped at the iteration budget" in err, err
     # finite weights whose payoffs overflow: NONFINITE solves -> warning, exit 3, no JSON written
     state = load_checkpoint(trained_run / "weights.pt")

@@ -58,7 +58,7 @@ def test_face_solve_is_the_exact_equilibrium_and_its_gradient():
     its autograd gradient is the derivative of the equilibrium map (float64 central differences of the fixed
     point solved without the face solve)."""
     exact = _model(face_solve=True, solve=default_solve().with_(tol=1e-12, max_iter=2000)).double()
-    plain = _model(solve=default_solve().with_(tol=1e-13, max_iter=4000)).double()
+    plain = _model(face_solve=False, solve=default_solve().with_(tol=1e-13, max_iter=4000)).double()
     plain.load_state_dict(exact.state_dict())
     d = torch.rand(12, 5, dtype=torch.float64) * 2 - 1
     z, info = exact(d)
@@ -94,12 +94,14 @@ def test_face_solve_certifies_stiff_games_from_a_rough_start():
     initialisation, a hundred Anderson steps and more to converge) from one solver step; certified samples count as
     converged, with the residual of the returned point."""
     torch.manual_seed(1)
-    rough = NashFPN(5, 4, 5, NFPNConfig(hidden=16, face_solve=True, solve=default_solve().with_(max_iter=1, eval_max_iter=1))).double()
+    rough = NashFPN(5, 4, 5, NFPNConfig(hidden=16, temperature=0.0, face_solve=True,
+                                        solve=default_solve().with_(max_iter=1, eval_max_iter=1))).double()
     with torch.no_grad():
         rough.game.net[-1].weight.mul_(100.0)
-    long = NashFPN(5, 4, 5, NFPNConfig(hidden=16, solve=default_solve().with_(tol=1e-10, max_iter=20000, eval_max_iter=20000))).double()
+    long = NashFPN(5, 4, 5, NFPNConfig(hidden=16, temperature=0.0, face_solve=False,
+                                       solve=default_solve().with_(tol=1e-10, max_iter=20000, eval_max_iter=20000))).double()
     long.load_state_dict(rough.state_dict())
-    d = torch.rand(32, 5, dtype=torch.float64) * 2 - 1
+    d = torch.rand(16, 5, dtype=torch.float64) * 2 - 1
     with torch.no_grad():
         z, info = rough(d)
         z_long, info_long = long(d)
@@ -157,7 +159,7 @@ def test_fixed_point_matches_an_independent_solve():
 
 
 def test_learned_game_is_strongly_monotone():
-    model = _model(mu=1.0, gamma=0.6)
+    model = _model(mu=1.0, gamma=0.6, temperature=0.0)  # fixed regularisers (temperatures: the test below)
     d = torch.rand(32, 5) * 2 - 1
     with torch.no_grad():
         J = model.operator(d).J
@@ -201,12 +203,13 @@ def test_model_holds_one_solve_config():
     assert not names & {"solver", "backward", "tol", "max_iter", "anderson_m", "eval_tol", "eval_max_iter"}
     model = _model()
     assert isinstance(model.config.solve, fpntools.SolveConfig)
-    assert model.config.solve == default_solve()
+    assert model.config.face_solve and model.config.solve == default_solve(face_solve=True)
     assert isinstance(model.solver, fpntools.FixedPoint)
-    assert (model.solver.tol, model.solver.max_iter) == (1e-6, 200)
+    assert (model.solver.tol, model.solver.max_iter) == (1e-6, 20)  # the face solve's starting point
+    assert _model(face_solve=False).config.solve == default_solve() and default_solve().max_iter == 200
     assert isinstance(model.solver.backward_mode, fpntools.JFB)
     # an unrolled N-FPN is the same model with another SolveConfig: exactly K differentiable steps
-    unrolled = _model(solve=fpntools.SolveConfig.unrolled(3))
+    unrolled = _model(solve=fpntools.SolveConfig.unrolled(3), face_solve=False)
     unrolled.load_state_dict(model.state_dict())
     d = torch.rand(4, 5) * 2 - 1
     z, info = unrolled(d)

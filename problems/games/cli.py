@@ -76,6 +76,9 @@ def bench(
     hidden: int = typer.Option(64, help="hidden width of both networks"),
     seed: int = typer.Option(0, help="seed of data draws and initialisation"),
     splitting: str = typer.Option("pg", help="N-FPN map: pg (projected gradient) | davis-yin"),
+    face_solve: bool = typer.Option(True, help="N-FPN: exact face solve of the learned VI after the fixed-point solver"),
+    temperature: float = typer.Option(2.0, help="N-FPN: log-range of the learned per-player regularisers (0: fixed mu)"),
+    gamma: float = typer.Option(0.9, help="N-FPN: bound on the common-interest part of the learned game (< mu = 1)"),
     device: str = typer.Option("cpu", help="cpu | cuda | auto (the documented table is CPU, one thread)"),
     threads: int = typer.Option(1, help="torch CPU threads"),
     progress: bool = typer.Option(True, help="show a progress bar per training epoch"),
@@ -85,14 +88,14 @@ def bench(
     from fpntools.atomic_io import atomic_write_bytes
     from fpntools.cli_support import check_output_path
     from problems.games.bench import bench_json, bench_report, data_config, run_bench
+    from problems.games.model import NFPNConfig
 
     if json_out is not None:
         check_output_path(json_out, suffixes=(".json",), what="--json")
     _threads(threads)
     cfg = data_config(family, n_actions, context_dim, n_train, n_test, seed)
-    rows, summary = run_bench(
-        cfg, epochs=epochs, hidden=hidden, seed=seed, splitting=splitting, lr=lr, device=device, progress=progress
-    )
+    nfpn = NFPNConfig(hidden=hidden, splitting=splitting, face_solve=face_solve, temperature=temperature, gamma=gamma)
+    rows, summary = run_bench(cfg, epochs=epochs, seed=seed, lr=lr, device=device, progress=progress, nfpn=nfpn)
     bench_report(rows, summary, epochs)
     if json_out is not None:
         atomic_write_bytes(json_out, json.dumps(bench_json(rows, summary, cfg), indent=2).encode())
@@ -122,6 +125,9 @@ def train(
     force: bool = typer.Option(False, help="start over even though --out holds a checkpoint"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     splitting: str = typer.Option("pg", help="N-FPN map: pg (projected gradient) | davis-yin"),
+    face_solve: bool = typer.Option(True, help="N-FPN: exact face solve of the learned VI after the fixed-point solver"),
+    temperature: float = typer.Option(2.0, help="N-FPN: log-range of the learned per-player regularisers (0: fixed mu)"),
+    gamma: float = typer.Option(0.9, help="N-FPN: bound on the common-interest part of the learned game (< mu = 1)"),
     threads: int = typer.Option(1, help="torch CPU threads"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
@@ -148,7 +154,9 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, run_dir=str(out), resume=resume,
         force=force, progress=progress,
     )
-    run = train_run(cfg, model, NFPNConfig(hidden=hidden, layers=layers, splitting=splitting), tcfg)
+    nfpn = NFPNConfig(hidden=hidden, layers=layers, splitting=splitting, face_solve=face_solve, temperature=temperature,
+                      gamma=gamma)
+    run = train_run(cfg, model, nfpn, tcfg)
     if run.result.history:
         typer.echo(f"final training loss {run.result.final['train_loss']:.5f}")
     if run.test_metrics:

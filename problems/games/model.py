@@ -104,11 +104,15 @@ def check_context_tensor(d: Any, context_dim: int) -> Tensor:
     return d
 
 
-def default_solve() -> SolveConfig:
+def default_solve(face_solve: bool = False) -> SolveConfig:
     """The N-FPN's default solve: Anderson (memory 5), JFB backward, tolerance ``1e-6`` (relative residual
     ``||T(z) - z|| / ||T(z)||``; ``||T(z)||`` lies in ``[sqrt(1/n + 1/m), sqrt(2)]`` on ``C``, so this is an
-    absolute tolerance within a factor ``sqrt(2)``), at most 200 iterations, the same in evaluation."""
-    return SolveConfig(solver="anderson", backward="jfb", tol=1e-6, max_iter=200)
+    absolute tolerance within a factor ``sqrt(2)``), at most 200 iterations, the same in evaluation.
+
+    With ``face_solve`` the solver only gives the starting support of the exact face solve
+    (:meth:`NashFPN.face_polish`): the same settings with at most 20 iterations."""
+    cfg = SolveConfig(solver="anderson", backward="jfb", tol=1e-6, max_iter=200)
+    return cfg.with_(max_iter=20, eval_max_iter=20) if face_solve else cfg
 
 
 @dataclass
@@ -118,8 +122,9 @@ class NFPNConfig:
     Attributes:
         hidden, layers: width and number of hidden layers of the payoff network ``d -> (Z, G_raw)``.
         mu: quadratic regulariser ``mu`` of both players (the monotone part of ``F_theta``).
-        gamma: bound on the common-interest part, ``||G||_F <= gamma``; must be below ``mu`` (modulus
-            ``mu - gamma``). ``gamma = 0`` restricts the learned games to zero-sum (plus regulariser).
+        gamma: bound on the common-interest part, ``||G||_F <= gamma`` (times ``sqrt(mu_x mu_y) / mu`` with
+            ``temperature``); must be below ``mu`` (modulus ``mu - gamma``, or ``(1 - gamma / mu) min(mu_x,
+            mu_y)``). ``gamma = 0`` restricts the learned games to zero-sum (plus regulariser). Default ``0.9``.
         splitting: ``"pg"``, the projected-gradient map ``T(z) = P_C(z - alpha F(z))`` with the exact
             simplex-product projection, or ``"davis-yin"``: :class:`fpntools.operators.DavisYin` with
             ``prox_g`` the projection onto ``z >= 0``, ``prox_f`` the projection onto the affine hull
@@ -131,27 +136,29 @@ class NFPNConfig:
             the players' regularisers are ``mu_x(d) = mu exp(T tanh t_x(d))``, ``mu_y(d)`` likewise (each player's
             own "temperature": how sharply it best-responds, ``x = P_Delta((A y - q_x) / mu_x)``), with the
             common-interest bound scaled to ``||G|| <= (gamma / mu) sqrt(mu_x mu_y)``; the modulus is then at
-            least ``(1 - gamma / mu) min(mu_x, mu_y)``. ``0`` (default): both players use ``mu``.
+            least ``(1 - gamma / mu) min(mu_x, mu_y)``. Default ``2``; ``0``: both players use ``mu``.
         face_solve: after the solve, replace the fixed point by the exact solution of the learned VI on the
             face of ``C`` that the fixed point lies on (its support): the KKT system of that face is linear
             (:meth:`NashFPN.face_solution`), so its batched dense solve gives the equilibrium to round-off and,
             differentiated by autograd, the exact implicit gradient (the fixed point's own backward, ``solve``,
-            is then used only for the samples whose face solution is refused). Off by default.
-        solve: how the fixed point is solved and differentiated (:func:`default_solve`); a dict (from JSON)
-            is converted with :meth:`fpntools.SolveConfig.from_dict`.
+            is then used only for the samples whose face solution is not certified). On by default.
+        solve: how the fixed point is solved and differentiated; ``None``: :func:`default_solve` of
+            ``face_solve``; a dict (from JSON) is converted with :meth:`fpntools.SolveConfig.from_dict`.
     """
 
     hidden: int = 64
     layers: int = 2
     mu: float = 1.0
-    gamma: float = 0.5
+    gamma: float = 0.9
     splitting: str = "pg"
     linear_terms: bool = True
-    temperature: float = 0.0
-    face_solve: bool = False
-    solve: SolveConfig = field(default_factory=default_solve)
+    temperature: float = 2.0
+    face_solve: bool = True
+    solve: SolveConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.solve is None:
+            self.solve = default_solve(self.face_solve)
         if isinstance(self.solve, dict):
             self.solve = SolveConfig.from_dict(self.solve)
         if not isinstance(self.solve, SolveConfig):
@@ -424,7 +431,11 @@ class NashFPN(nn.Module):
         top = torch.cat([D.unsqueeze(2) * J + torch.diag_embed(1.0 - D), -D.unsqueeze(2) * E], dim=2)
         bottom = torch.cat([E.t() * D.unsqueeze(1), J.new_zeros(B, 2, 2)], dim=2)
         rhs = torch.cat([-D * q, J.new_ones(B, 2)], dim=1)
-        sol = torch.linalg.solve(torch.cat([top, bottom], dim=1), rhs.unsqueeze(-1)).squeeze(-1)
+        M = torch.cat([top, bottom], dim=1)
+        sol, status = torch.linalg.solve_ex(M, rhs.unsqueeze(-1))
+        sol = sol.squeeze(-1)
+        if bool((status != 0).any()):  # numerically singular (payoffs near the float range): NaN, never certified
+            sol = torch.where((status != 0).unsqueeze(1), torch.full_like(sol, float("nan")), sol)
         return sol[:, :N], sol[:, N:]
 
     def _kkt_violations(self, support: Tensor, z: Tensor, lam: Tensor, F: GameOperator) -> tuple[Tensor, Tensor]:
@@ -470,7 +481,8 @@ class NashFPN(nn.Module):
                     violated = violated & first
                 change = (fix & ~done).unsqueeze(1)
                 support = torch.where(change, support ^ violated, support)
-        zf, _ = self.face_solution(support, Fs)
+        keep = certified.view(-1, 1, 1)
+        zf, _ = self.face_solution(support, GameOperator(torch.where(keep, Fs.J, eye), torch.where(keep[:, 0], Fs.q, 0.0), F.alpha))
         zf = zf.clamp_min(0.0) * support  # exact zeros off the support
         out = torch.where(certified.unsqueeze(1), zf, z)
         with torch.no_grad():
