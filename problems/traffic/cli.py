@@ -84,42 +84,111 @@ def dataset(
 
 @app.command()
 def train(
-    network: str = typer.Option("SiouxFalls", "--network", help="a known TNTP network"),
-    out: Path = typer.Option(Path("runs/traffic/SiouxFalls"), "--out", help="run folder"),
+    network: str = typer.Option("SiouxFalls", "--network", help="a known TNTP network (generated data)"),
+    out: Path = typer.Option(Path("runs/traffic/SiouxFalls"), "--out", help="run folder (with --data: model folder)"),
+    net: Optional[Path] = typer.Option(None, "--net", help="your network file (*_net.tntp), with --trips and --data"),
+    trips: Optional[Path] = typer.Option(None, "--trips", help="your demand file (*_trips.tntp)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="your observations DATA.npz: context (n, p), flow (n, L)"
+                                        " [, od (n, Z, Z) | demand_scale (n,)]"),
+    family: Optional[str] = typer.Option(None, "--family", help="neural (general monotone cost and demand; default "
+                                         "with --data) | grey (the generator's law; default with --network)"),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="with --data: share of the observations (the "
+                                        "last ones) held out and scored"),
+    sweeps: int = typer.Option(200, "--sweeps", help="with --data: forward-solver sweep budget"),
     n_train: int = typer.Option(200, "--n-train"),
     n_test: int = typer.Option(50, "--n-test"),
     gap: float = typer.Option(1e-8, "--gap", help="certified relative gap of the data"),
-    epochs: int = typer.Option(6, "--epochs"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="default 6 (--network) / 40 (--data)"),
     batch_size: int = typer.Option(10, "--batch-size"),
-    lr: float = typer.Option(0.05, "--lr", help="initial learning rate (cosine decay to lr / 10)"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="initial learning rate, cosine decay to lr / 10 (default "
+                                       "0.05 with --network, 1e-3 with --data)"),
     seed: int = typer.Option(0, "--seed"),
-    backward: str = typer.Option("implicit", "--backward", help="implicit | jfb"),
+    backward: str = typer.Option("implicit", "--backward", help="implicit | jfb (--network)"),
     adjoint_iters: int = typer.Option(100, "--adjoint-iters", help="implicit: adjoint Anderson iterations"),
     data_seed: int = typer.Option(0, "--data-seed"),
     cache: Path = typer.Option(Path("cache/traffic"), "--cache", help="dataset cache folder"),
+    toll_factor: Optional[float] = _TOLL,
+    distance_factor: Optional[float] = _DIST,
     device: str = typer.Option("auto", "--device", help="auto (cuda when available) | cpu | cuda"),
     resume: bool = typer.Option(False, "--resume", help="continue from <out>/checkpoint.pt"),
     force: bool = typer.Option(False, "--force", help="start over even if <out>/checkpoint.pt exists"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Train the traffic N-FPN (Davis-Yin; implicit or JFB gradients) on certified contextual equilibria."""
+    """Train a traffic N-FPN: on your own observations (--net --trips --data) or on generated certified
+    equilibria of a known network (--network)."""
+    if net is not None or trips is not None or data is not None:
+        from fpntools.errors import UserInputError
+        from problems.traffic.commands import train_data_command
+
+        if net is None or trips is None or data is None:
+            raise UserInputError("training on your own data needs all of --net, --trips and --data")
+        train_data_command(net=net, trips=trips, data=data, out=out, family=family or "neural",
+                           epochs=epochs if epochs is not None else 40, batch_size=batch_size,
+                           lr=lr if lr is not None else 1e-3, seed=seed, test_fraction=test_fraction, sweeps=sweeps,
+                           toll_factor=toll_factor, distance_factor=distance_factor, device=device, resume=resume,
+                           force=force, quiet=quiet)
+        return
     from problems.traffic.train import train_command
 
-    train_command(network=network, out=out, n_train=n_train, n_test=n_test, gap=gap, epochs=epochs,
-                  batch_size=batch_size, lr=lr, seed=seed, backward=backward, adjoint_iters=adjoint_iters,
+    if family not in (None, "grey"):
+        from fpntools.errors import UserInputError
+
+        raise UserInputError("--network trains the grey-box N-FPN (--family grey); for --family neural give your "
+                             "data with --net --trips --data (fpntools traffic make-data writes generated data)")
+    train_command(network=network, out=out, n_train=n_train, n_test=n_test, gap=gap,
+                  epochs=epochs if epochs is not None else 6, batch_size=batch_size,
+                  lr=lr if lr is not None else 0.05, seed=seed, backward=backward, adjoint_iters=adjoint_iters,
                   data_seed=data_seed, cache=cache, device=device, resume=resume, force=force, quiet=quiet)
+
+
+@app.command("make-data")
+def make_data(
+    net: Path = typer.Option(..., "--net", help="network file (*_net.tntp)"),
+    trips: Path = typer.Option(..., "--trips", help="demand file (*_trips.tntp)"),
+    out: Path = typer.Option(..., "--out", help="output DATA.npz (context, flow, demand_scale, gap[, od])"),
+    n: int = typer.Option(100, "--n", help="number of observations"),
+    seed: int = typer.Option(0, "--seed", help="context sampling seed"),
+    gap: float = typer.Option(1e-8, "--gap", help="certified relative gap of every sample, in (0, 1)"),
+    od: bool = typer.Option(False, "--od", help="also store the OD tables"),
+    toll_factor: Optional[float] = _TOLL,
+    distance_factor: Optional[float] = _DIST,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Certified generator output in the DATA.npz format of `train --data` (contexts and equilibrium flows)."""
+    from problems.traffic.commands import make_data_command
+
+    make_data_command(net, trips, out, n=n, seed=seed, gap=gap, od=od, toll_factor=toll_factor,
+                      distance_factor=distance_factor, quiet=quiet)
 
 
 @app.command()
 def predict(
-    context: str = typer.Option(None, "--context", help="'w,s,e[,zone]' (zone 1-based) or the full vector"),
+    context: str = typer.Option(None, "--context", help="one context: comma-separated numbers (shipped / --network "
+                                "model: 'w,s,e[,zone]' with a 1-based zone, or the full vector)"),
     context_file: Path = typer.Option(None, "--context-file", help=".npy / .json / .csv: one context per row"),
-    model: Path = typer.Option(None, "--model", help="model prefix (default: shipped Sioux Falls N-FPN)"),
-    out: Path = typer.Option(None, "--out", help="CSV from,to,flow[_k] (default: print to stdout)"),
+    model: Path = typer.Option(None, "--model", help="model folder (train --out) or prefix (default: shipped Sioux "
+                               "Falls N-FPN)"),
+    out: Path = typer.Option(None, "--out", help="OUT.npy: (m, L) flows; OUT.csv: sample,from,to,flow,cost (a "
+                             "--network / shipped model: from,to,flow[_k]); default: CSV on stdout"),
+    net: Optional[Path] = typer.Option(None, "--net", help="check this network (with --trips) against the model"),
+    trips: Optional[Path] = typer.Option(None, "--trips", help="the demand file of --net"),
 ) -> None:
     """Predict equilibrium link flows for one or more contexts with a trained N-FPN."""
+    from problems.traffic.byod import is_path_model
+
+    if model is not None and is_path_model(model):
+        from problems.traffic.commands import predict_path_command
+
+        predict_path_command(model, context, context_file, out, net=net, trips=trips)
+        return
     from problems.traffic.commands import predict_to_csv
 
+    if net is not None or trips is not None:
+        from fpntools.errors import UserInputError
+
+        raise UserInputError("--net / --trips apply to models trained with --data (the model folder of train --out)")
+    if model is not None and model.is_dir():
+        model = model / "model"
     predict_to_csv(model, context, context_file, out)
 
 

@@ -211,3 +211,167 @@ def predict_to_csv(model: str | os.PathLike | None, context: str | None, context
     print(f"{flows.shape[0]} context(s): fixed-point relative residual <= {worst:.1e}: output usable; {where}",
           file=sys.stderr, flush=True)
     return flows
+
+
+# ------------------------------------------------------------------------------------ the user's own data
+
+
+def make_data_command(net: str | os.PathLike, trips: str | os.PathLike, out: str | os.PathLike, *, n: int = 100,
+                      seed: int = 0, gap: float = 1e-8, od: bool = False, toll_factor: float | None = None,
+                      distance_factor: float | None = None, quiet: bool = False):
+    """``fpntools traffic make-data``: ``n`` certified contextual equilibria of the project's generator in the
+    ``DATA.npz`` format of ``train --data`` (:func:`problems.traffic.datafile.make_data`).  Returns the data."""
+    from problems.traffic.costs import CostRangeError
+    from problems.traffic.datafile import make_data, save_data_file
+
+    if n < 2:
+        raise UserInputError(f"--n must be >= 2, got {n}")
+    check_gap(gap)
+    out = check_output_path(out, suffixes=(".npz",), what="--out")
+    network, demand = load_weighted_network(net, trips, toll_factor, distance_factor, quiet)
+    try:
+        data = make_data(network, demand, n, seed=seed, gap=gap, od=od, progress=not quiet)
+    except CostRangeError as e:
+        raise UserInputError(f"{net}: {e}") from None
+    except RuntimeError as e:  # a sample missed the gap
+        raise NotUsableError(f"{e}; output not usable, nothing written") from None
+    except ValueError as e:
+        raise UserInputError(str(e)) from None
+    save_data_file(out, data)
+    if not quiet:
+        print(f"{n} samples (context {data.contexts.shape[1]} columns, flow {data.flows.shape[1]} links), every one "
+              f"certified to relative gap <= {gap:.1e} (max {data.extra['gap'].max():.2e}): output usable: wrote "
+              f"{out}", file=sys.stderr, flush=True)
+    return data
+
+
+def train_data_command(*, net: str | os.PathLike, trips: str | os.PathLike, data: str | os.PathLike,
+                       out: str | os.PathLike, family: str = "neural", epochs: int = 40, batch_size: int = 10,
+                       lr: float = 1e-3, seed: int = 0, test_fraction: float = 0.2, sweeps: int = 200,
+                       toll_factor: float | None = None, distance_factor: float | None = None, device: str = "cpu",
+                       resume: bool = False, force: bool = False, quiet: bool = False) -> dict:
+    """``fpntools traffic train --net --trips --data --out DIR``: a path N-FPN (:mod:`problems.traffic.pathnfpn`)
+    trained on the user's observations (:mod:`problems.traffic.datafile`), saved to ``DIR`` with its test
+    metrics on the held-out ``test_fraction``.  Bad files or options: ``UserInputError`` before training."""
+    import json
+
+    import torch
+
+    from fpntools.cli_support import check_output_dir
+    from fpntools.training.trainer import TrainerConfig
+    from problems.traffic.byod import (PathTrainConfig, build_model, evaluate_flows, fit, save_path_model,
+                                       split)
+    from problems.traffic.datafile import load_data_file
+    from problems.traffic.pathnfpn import PathNFPNConfig
+
+    cfg = PathTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, test_fraction=test_fraction,
+                          model=PathNFPNConfig(family=family, sweeps=sweeps))
+    out = check_output_dir(out, what="model folder --out")
+    TrainerConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device, run_dir=str(out), resume=resume,
+                  force=force).check_run_folder()
+    network, demand = load_weighted_network(net, trips, toll_factor, distance_factor, quiet)
+    obs = load_data_file(data, network.num_links, network.num_zones)
+    train, test = split(obs, test_fraction)
+    torch.set_num_threads(1)
+    _say(f"{len(train)} training / {len(test) if test else 0} test observations; collecting candidate paths", quiet)
+    model = build_model(network, demand, train, cfg.model)
+    _say(f"{model.paths.num_paths} candidate paths for {model.paths.num_pairs} OD pairs; training ({family})", quiet)
+    result = fit(model, train, cfg, out, resume=resume, force=force, device=device, progress=not quiet)
+    if not result.completed:
+        raise NotUsableError(f"training stopped before its last epoch; no model written (--resume continues from "
+                             f"{out / 'checkpoint.pt'})")
+    model = model.to("cpu")
+    summary: dict = {"config": cfg.to_dict(), "n_train": len(train), "n_test": len(test) if test else 0,
+                     "train": evaluate_flows(model, train)}
+    if test is not None:
+        summary["test"] = evaluate_flows(model, test)
+    score = summary.get("test", summary["train"])
+    if not all(math.isfinite(v) for v in score.values()):
+        raise NotUsableError(f"the trained model's metrics are not finite ({score}); no model written")
+    dem = demand.toarray() if hasattr(demand, "toarray") else np.asarray(demand, dtype=np.float64)
+    save_path_model(model, out, dem, extra=summary)
+    print(json.dumps({k: summary[k] for k in ("n_train", "n_test", "train", "test") if k in summary}), flush=True)
+    which = "test" if "test" in summary else "train"
+    print(f"{which} relative L2 error {score['rel_l2']:.3e}, solver gap <= {score['solver_gap']:.1e}: model usable: "
+          f"wrote {out}/model.safetensors, model.json, net.tntp, trips.tntp", file=sys.stderr, flush=True)
+    return summary
+
+
+def predict_path_command(model_dir: str | os.PathLike, context: str | None, context_file: str | os.PathLike | None,
+                         out: str | os.PathLike | None, *, net: str | os.PathLike | None = None,
+                         trips: str | os.PathLike | None = None, batch: int = 50) -> np.ndarray:
+    """``fpntools traffic predict --model DIR`` for a path N-FPN: flows ``(m, L)`` to ``OUT.npy``, or the long
+    CSV ``sample,from,to,flow,cost`` (learned link cost at the predicted flow) to ``OUT.csv`` / stdout.
+    Contexts from ``--context`` (comma-separated) or ``--context-file`` (``.npy``, ``.csv``, ``.json``,
+    whitespace text), ``(m, p)`` with the model's ``p``."""
+    import json
+
+    import torch
+
+    from problems.traffic.byod import load_path_model, predict_flows
+    from problems.traffic.datafile import check_contexts
+
+    if out is not None:
+        out = check_output_path(out, suffixes=(".npy", ".csv"), what="--out")
+    if (context is None) == (context_file is None):
+        raise UserInputError("give exactly one of --context and --context-file")
+    torch.set_num_threads(1)
+    m = load_path_model(model_dir, net, trips)
+    if context is not None:
+        try:
+            raw = [float(v) for v in context.replace(" ", "").split(",") if v != ""]
+        except ValueError:
+            raise UserInputError(f"--context must be comma-separated numbers, got {context!r}") from None
+        ctx = check_contexts(raw, m.context_dim, "--context")
+    else:
+        path = Path(context_file)
+        if not path.is_file():
+            raise UserInputError(f"context file not found: {path}")
+        try:
+            if path.suffix == ".npy":
+                raw = np.load(path, allow_pickle=False)
+            elif path.suffix == ".json":
+                raw = json.loads(path.read_text())
+            else:
+                raw = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+        except (ValueError, OSError) as e:
+            raise UserInputError(f"cannot read contexts from {path}: {e}") from None
+        ctx = check_contexts(raw, m.context_dim, str(path))
+    flows, diag = predict_flows(m, ctx, batch)
+    if not np.isfinite(flows).all():
+        raise NotUsableError("the prediction became non-finite: output not usable, nothing written")
+    gap = diag["solver_gap"]
+    if not gap <= 1e-3:
+        raise NotUsableError(f"the forward solve stopped at restricted relative gap {gap:.1e} > 1e-3: output not "
+                             "usable, nothing written")
+    if gap > m.config.solver_tol:
+        warn(f"forward solve stopped at its sweep budget: restricted relative gap {gap:.1e} > {m.config.solver_tol:.0e}"
+             " (still <= 1e-3)")
+    if out is not None and out.suffix == ".npy":
+        atomic_write_bytes(out, _npy_bytes(flows))
+        where = f"wrote {out}"
+    else:
+        costs = m.link_costs_at(torch.as_tensor(ctx), torch.as_tensor(flows)).numpy()
+        text = io.StringIO(newline="")
+        w = csv.writer(text, lineterminator="\n")
+        w.writerow(["sample", "from", "to", "flow", "cost"])
+        frm, to = (m.network.init + 1).tolist(), (m.network.term + 1).tolist()
+        for s in range(flows.shape[0]):
+            for a in range(flows.shape[1]):
+                w.writerow([s, frm[a], to[a], repr(float(flows[s, a])), repr(float(costs[s, a]))])
+        if out is None:
+            sys.stdout.write(text.getvalue())
+            sys.stdout.flush()
+            where = "printed above"
+        else:
+            atomic_write_bytes(out, text.getvalue().encode())
+            where = f"wrote {out}"
+    print(f"{flows.shape[0]} context(s), {diag['cpu_s_per_sample']:.3f} CPU s each: forward-solver gap <= {gap:.1e}: "
+          f"output usable; {where}", file=sys.stderr, flush=True)
+    return flows
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
