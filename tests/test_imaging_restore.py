@@ -98,7 +98,8 @@ def test_batches_bound_the_tiles_per_solve(model) -> None:
 
 def test_a_tile_whose_joint_solve_fails_keeps_the_encoders_restoration(model, monkeypatch) -> None:
     """When the joint solve of one tile of a batch goes non-finite, that tile is the encoder's restoration
-    (exactly the ``max_iter=0`` output) and is reported; the other tile is the joint solve's."""
+    (exactly the ``max_iter=0`` output) and is reported; the other tile is the joint solve's unless its
+    objective rose."""
     import problems.imaging.restore as restore
 
     real = restore.augmented_solve
@@ -111,8 +112,12 @@ def test_a_tile_whose_joint_solve_fails_keeps_the_encoders_restoration(model, mo
     y = torch.as_tensor(np.random.default_rng(0).random((2, 1, 32, 32)), dtype=torch.float32)
     start, rep0 = solve_tiles(model, y, None, 0.1, lam_for_sigma(0.1), RestoreSettings(max_iter=0))
     monkeypatch.setattr(restore, "augmented_solve", broken)
-    out, rep = solve_tiles(model, y, None, 0.1, lam_for_sigma(0.1), RestoreSettings(max_iter=4, settle_iters=2))
-    assert rep.kept_start.tolist() == [True, False] and rep.nonfinite[0] and not rep.converged[0]
+    out, rep = solve_tiles(model, y, None, 0.1, lam_for_sigma(0.1), RestoreSettings(max_iter=4, settle_iters=2, lam_per_variance=250.0))
+    assert rep.kept_start[0] and rep.nonfinite[0] and rep.residual[0] == np.inf and not rep.nonfinite[1]
     np.testing.assert_array_equal(out[0], start[0])
     assert rep.final[0] == rep.start[0] == rep0.start[0]
-    assert np.isfinite(out).all() and not np.array_equal(out[1], start[1])
+    assert np.isfinite(out).all()
+    if rep.kept_start[1]:  # the other tile follows the same rule: kept exactly when its objective rose
+        np.testing.assert_array_equal(out[1], start[1])
+    else:
+        assert rep.final[1] <= rep.start[1] * (1 + 1e-3) and not np.array_equal(out[1], start[1])

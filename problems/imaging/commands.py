@@ -8,12 +8,12 @@
   verdict (:func:`verdict`), and the atomic write.
 * :func:`run_tune` / :func:`run_bench_table`: the validation tuning and the benchmark table, line by line.
 
-Usability (:func:`verdict`). Every tile's joint solve starts at the encoder's estimate and its latent objective
-(data fit + prior) is evaluated at both ends; a tile whose objective rose or went non-finite keeps the encoder's
-restoration (:mod:`problems.imaging.restore`), so the output is never worse than the amortised restoration. The
-output is *not usable* only when it is not finite (the decoder itself overflowed): :class:`NotUsableError`,
-exit code 3, nothing written. A usable output whose joint solves did not all reach their tolerance within the
-iteration budget is written with a warning (exit code 0).
+Usability (:func:`verdict`). Every tile's joint solve (a fixed number of iterations) starts at the encoder's
+estimate and its latent objective (data fit + prior) is evaluated at both ends; a tile whose objective rose or
+went non-finite keeps the encoder's restoration (:mod:`problems.imaging.restore`), so the output is never worse
+than the amortised restoration in the objective. The output is *not usable* only when it is not finite (the
+decoder itself overflowed): :class:`NotUsableError`, exit code 3, nothing written. Tiles that kept their start
+are named in a warning (exit code 0).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from fpntools.errors import UserInputError
 from fpntools.metrics import psnr
 from problems.imaging.model import SCIKIT_WEIGHTS, DEQDecoder, load_decoder
 from problems.imaging.restore import COLOUR_MODES, RestoredImage, RestoreSettings, restore_array
-from problems.imaging.tasks import LAM_MIN, lam_for_sigma
+from problems.imaging.tasks import LAM_MIN
 
 __all__ = [
     "MAX_PIXELS",
@@ -98,11 +98,10 @@ class ProgressCounter(Counter):
 
 def verdict(out: RestoredImage) -> tuple[bool, str]:
     """``(usable, message)`` of a restoration (module docstring): usable when finite; the message names the
-    tiles, how many joint solves converged, the objective and the tiles that kept the encoder's restoration."""
+    tiles, the joint iterations and residual, the objective and the tiles that kept the encoder's restoration."""
     if not out.finite:
         return False, f"{out.summary()}: the result is not finite"
-    done = "converged" if out.converged == out.tiles else "stopped at its iteration budget in some tiles"
-    return True, f"joint solve {done}; {out.summary()}: output usable"
+    return True, f"{out.summary()}: output usable"
 
 
 def restore_file(kind: str, image: str | Path, out: str | Path, *, sigma: float = 0.0, mask: str | Path | None = None,
@@ -140,7 +139,7 @@ def restore_file(kind: str, image: str | Path, out: str | Path, *, sigma: float 
         settings = replace(settings, tile=tile, overlap=min(settings.overlap, tile // 4 // 4 * 4))
     if max_iter > 0:
         settings = replace(settings, max_iter=max_iter)
-    lam_for = (lambda s: LAM_MIN) if kind == "fit" else lam_for_sigma
+    lam_for = (lambda s: LAM_MIN) if kind == "fit" else settings.lam
     h, w = y.shape[:2]
     total_iters = settings.settle_iters + settings.max_iter
     t0 = time.perf_counter()
@@ -153,8 +152,9 @@ def restore_file(kind: str, image: str | Path, out: str | Path, *, sigma: float 
     usable, message = verdict(outcome)
     if not usable:
         raise NotUsableError(f"{message}; {out} not written")
-    if outcome.converged < outcome.tiles:
-        warn(message)
+    if outcome.kept_start:
+        warn(f"the joint solve did not lower the objective in {outcome.kept_start} of {outcome.tiles} tile(s); "
+             "they keep the encoder's restoration")
     write_image(out, outcome.image)
     fit = f", PSNR of the fit {float(psnr(np.clip(outcome.image, 0, 1), y)):.2f} dB" if kind == "fit" else ""
     return f"wrote {out}{fit} ({message}; {outcome.seconds:.1f} s)"

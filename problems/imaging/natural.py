@@ -40,7 +40,7 @@ from fpntools.metrics import psnr, ssim
 from problems.imaging.data import VALIDATION_COUNT, center_crop, load_natural_set
 from problems.imaging.model import DEQDecoder
 from problems.imaging.restore import RestoreSettings, restore_array
-from problems.imaging.tasks import block_mask, lam_for_sigma, tv_denoise, tv_inpaint
+from problems.imaging.tasks import block_mask, tv_denoise, tv_inpaint
 
 __all__ = [
     "DATASETS",
@@ -169,9 +169,9 @@ def run_natural_bench(model: DEQDecoder, dataset: str, sigmas: tuple[float, ...]
         for i, (name, img) in enumerate(images):
             y = noisy_observation(img, s, i)
             sig = s / 255
-            out, t = _timed(lambda: restore_array(model, y, None, sig, lam_for_sigma, settings).image)
+            out, t = _timed(lambda: restore_array(model, y, None, sig, None, settings).image)
             rows["augmented DEQ"].add(out, img, t)
-            out, t = _timed(lambda: restore_array(model, y, None, sig, lam_for_sigma,
+            out, t = _timed(lambda: restore_array(model, y, None, sig, None,
                                                   replace(settings, max_iter=0)).image)
             rows["encoder alone"].add(out, img, t)
             out, t = _timed(lambda: tv_denoise(y, w_tv))
@@ -183,7 +183,7 @@ def run_natural_bench(model: DEQDecoder, dataset: str, sigmas: tuple[float, ...]
             rows["BM3D (bm3d package)"].add(out, img, t)
             if naive_crop:
                 crop = center_crop(img, min(naive_crop, *img.shape) // 4 * 4)
-                task = Task(f"denoise s={s:g}", "denoise", sig, lam=lam_for_sigma(sig), tv_weight=w_tv, naive_lr=0.01)
+                task = Task(f"denoise s={s:g}", "denoise", sig, lam=settings.lam(sig), tv_weight=w_tv, naive_lr=0.01)
                 speed[s].append(run_task(model, crop, name, task, TaskConfig(), repeats=1))
             say(f"sigma {s:g}: {name} done ({i + 1}/{len(images)})")
     inpaint: dict[str, dict[str, MethodScore]] = {}
@@ -195,9 +195,9 @@ def run_natural_bench(model: DEQDecoder, dataset: str, sigmas: tuple[float, ...]
             for i, (name, img) in enumerate(images):
                 m = inpaint_mask(img.shape, kind, frac, i)
                 y = np.where(m, img, 0.0)
-                out, t = _timed(lambda: restore_array(model, y, m, 0.0, lam_for_sigma, settings).image)
+                out, t = _timed(lambda: restore_array(model, y, m, 0.0, None, settings).image)
                 rows["augmented DEQ"].add(out, img, t)
-                out, t = _timed(lambda: restore_array(model, y, m, 0.0, lam_for_sigma,
+                out, t = _timed(lambda: restore_array(model, y, m, 0.0, None,
                                                       replace(settings, max_iter=0)).image)
                 rows["encoder alone"].add(out, img, t)
                 out, t = _timed(lambda: inpaint_biharmonic(y, ~m))

@@ -21,7 +21,7 @@ What ``fpntools imaging denoise`` / ``inpaint`` / ``fit`` run (:func:`restore_ar
    linearly to zero across each overlap (a partition of unity), so seams do not show.
 3. **The joint solve per batch** (fast settings :class:`RestoreSettings`): encoder estimate ``x_hat``, its
    equilibrium ``z*(x_hat)`` (tolerance ``eq_tol``), then the augmented joint fixed point from there (a short
-   settle stage, at most ``max_iter`` joint iterations to ``tol``), and one warm-started equilibrium solve at the
+   settle stage, then ``max_iter`` joint iterations), and one warm-started equilibrium solve at the
    end point for the image and the final objective. The latent objective of every tile is known at both ends;
    a tile whose objective rose above its start (``RISE_TOL``) or went non-finite keeps the encoder's restoration
    ``h(z*(x_hat))`` (counted in the outcome), so the output is never worse than the starting point.
@@ -40,7 +40,7 @@ from torch import Tensor
 
 from fpntools.augmented import Counter, augmented_solve, solve_equilibrium
 from problems.imaging.model import DEQDecoder
-from problems.imaging.tasks import LatentProblem, TaskConfig, joint_config
+from problems.imaging.tasks import LAM_MIN, LatentProblem, TaskConfig, joint_config
 
 __all__ = [
     "COLOUR_MODES",
@@ -69,15 +69,20 @@ _OPP_OFFSET = np.array([0.0, 0.5, 0.5])
 class RestoreSettings:
     """Settings of :func:`restore_array`: ``tile`` (largest tile side), ``overlap`` (least overlap of
     neighbouring tiles), ``batch_pixels`` (pixels per batch of tiles: the memory bound), the fast joint solve
-    (``settle_iters``, ``max_iter`` joint iterations, relative tolerance ``tol``, equilibrium tolerance
-    ``eq_tol`` of the start and end solves) and the ``colour`` mode (:data:`COLOUR_MODES`)."""
+    (``settle_iters`` iterations with the latent frozen, then ``max_iter`` joint iterations; ``tol = 0``:
+    exactly that many and the last iterate, the default, since the engine otherwise returns the iterate of
+    smallest joint residual, which early in a joint solve is its start; equilibrium tolerance ``eq_tol`` of the
+    start and end solves), the prior weight ``lam = max(lam_per_variance sigma^2, LAM_MIN)`` of a plane of noise
+    level ``sigma`` (:meth:`lam`) and the ``colour`` mode (:data:`COLOUR_MODES`). The defaults were chosen on
+    validation crops of train400 (docs/imaging.md, "Fast joint solve")."""
 
     tile: int = 256
     overlap: int = 32
     batch_pixels: int = 2 * 256 * 256
-    settle_iters: int = 8
-    max_iter: int = 12
-    tol: float = 1e-4
+    settle_iters: int = 30
+    max_iter: int = 20
+    tol: float = 0.0
+    lam_per_variance: float = 600.0
     eq_tol: float = 1e-4
     eq_max_iter: int = 40
     colour: str = "opponent"
@@ -91,6 +96,10 @@ class RestoreSettings:
             raise ValueError("batch_pixels must be positive, max_iter and settle_iters nonnegative")
         if self.colour not in COLOUR_MODES:
             raise ValueError(f"colour must be one of {COLOUR_MODES}, got {self.colour!r}")
+
+    def lam(self, sigma: float) -> float:
+        """Prior weight of a plane of noise level ``sigma``."""
+        return max(self.lam_per_variance * sigma**2, LAM_MIN)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,13 +174,13 @@ def blend_weights(size: int, starts: list[int], n: int) -> np.ndarray:
 @dataclass
 class TileReport:
     """Per-tile outcome of :func:`solve_tiles`: objectives at the start (encoder's estimate) and the end, whether
-    the tile kept its start (``kept_start``), whether its joint solve reached ``tol`` (``converged``), whether it
-    went non-finite, the joint iterations and the solve's seconds."""
+    the tile kept its start (``kept_start``), the smallest relative joint residual measured (``residual``),
+    whether it went non-finite, the joint iterations and the solve's seconds."""
 
     start: np.ndarray
     final: np.ndarray
     kept_start: np.ndarray
-    converged: np.ndarray
+    residual: np.ndarray
     nonfinite: np.ndarray
     iterations: int
     seconds: float
@@ -194,8 +203,8 @@ def solve_tiles(model: DEQDecoder, y: Tensor, mask: Tensor | None, sigma: float,
     b = y.shape[0]
     if settings.max_iter == 0:
         finite0 = torch.isfinite(start).numpy()
-        return img0[:, 0].numpy(), TileReport(start.numpy(), start.numpy(), np.zeros(b, bool), finite0, ~finite0, 0,
-                                              time.perf_counter() - t0)
+        return img0[:, 0].numpy(), TileReport(start.numpy(), start.numpy(), np.zeros(b, bool), np.zeros(b), ~finite0,
+                                              0, time.perf_counter() - t0)
     cfg = replace(joint_config(TaskConfig(lam=lam), mask is not None), settle_iters=settings.settle_iters,
                   max_iter=settings.max_iter, tol=settings.tol)
     with torch.no_grad():
@@ -210,9 +219,9 @@ def solve_tiles(model: DEQDecoder, y: Tensor, mask: Tensor | None, sigma: float,
     keep = ~finite | (final > start * (1 + RISE_TOL))
     img = torch.where(keep.view(-1, 1, 1, 1), img0, img)
     final = torch.where(keep, start, final)
-    converged = res.info.converged & finite
+    residual = torch.where(finite, res.info.residual.detach().double(), torch.full_like(start, math.inf))
     iters = sum(int(i.steps.max()) for i in res.infos)
-    return img[:, 0].numpy(), TileReport(start.numpy(), final.numpy(), keep.numpy(), converged.numpy(),
+    return img[:, 0].numpy(), TileReport(start.numpy(), final.numpy(), keep.numpy(), residual.numpy(),
                                          (~finite).numpy(), iters, time.perf_counter() - t0)
 
 
@@ -242,19 +251,20 @@ class RestoredImage:
         return int(sum(r.kept_start.sum() for r in self.reports))
 
     @property
-    def converged(self) -> int:
-        return int(sum(r.converged.sum() for r in self.reports))
+    def residual(self) -> float:
+        return float(max((r.residual.max() for r in self.reports), default=0.0))
 
     @property
     def finite(self) -> bool:
         return bool(np.isfinite(self.image).all()) and math.isfinite(self.start) and math.isfinite(self.final)
 
     def summary(self) -> str:
-        """One line: tiles, converged count, objective start -> end, tiles that kept the encoder's restoration."""
+        """One line: tiles, joint iterations, residual, objective start -> end, tiles that kept the encoder's
+        restoration."""
         iters = max((r.iterations for r in self.reports), default=0)
         kept = (f", {self.kept_start} kept the encoder's restoration (objective rose)" if self.kept_start else "")
-        return (f"{self.tiles} tile(s), joint solve converged in {self.converged} (at most {iters} iterations per "
-                f"batch), objective {self.start:.6g} -> {self.final:.6g}{kept}")
+        return (f"{self.tiles} tile(s), {iters} iterations of the joint solve (relative residual {self.residual:.1e}),"
+                f" objective {self.start:.6g} -> {self.final:.6g}{kept}")
 
 
 def restore_plane(model: DEQDecoder, plane: np.ndarray, mask: np.ndarray | None, sigma: float, lam: float,
@@ -292,13 +302,14 @@ def restore_plane(model: DEQDecoder, plane: np.ndarray, mask: np.ndarray | None,
 
 
 def restore_array(model: DEQDecoder, img: np.ndarray, mask: np.ndarray | None, sigma: float,
-                  lam_for: Callable[[float], float], settings: RestoreSettings = RestoreSettings(),
+                  lam_for: Callable[[float], float] | None = None, settings: RestoreSettings = RestoreSettings(),
                   progress: Callable[[int, int], Counter | None] | None = None) -> RestoredImage:
     """Restore an image ``(H, W)`` or ``(H, W, C)`` in ``[0, 1]`` (module docstring): ``mask`` ``(H, W)`` bool of
     known pixels (all channels) or ``None``; ``sigma`` the noise level of the channels; ``lam_for(sigma_k)`` the
-    prior weight of a plane of level ``sigma_k``. Noiseless inpainting (``mask`` given, ``sigma == 0``) keeps the
+    prior weight of a plane of level ``sigma_k`` (default :meth:`RestoreSettings.lam`). Noiseless inpainting (``mask`` given, ``sigma == 0``) keeps the
     known pixels exactly. ``progress(first, total)``: called before every batch of tiles (over all planes)."""
     t0 = time.perf_counter()
+    lam_for = settings.lam if lam_for is None else lam_for
     planes, scales, alpha = to_planes(img, settings.colour)
     hp, wp = (4 * math.ceil(s / 4) for s in img.shape[:2])
     per_plane = len(tile_layout(hp, settings.tile, settings.overlap)[1]) * len(
