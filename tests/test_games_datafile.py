@@ -216,6 +216,17 @@ def test_predict_bad_input_is_one_line(monkeypatch, capsys, tmp_path, trained):
     _one_line_error(code, err, "must end in .npy or .csv")
     with pytest.raises(UserInputError, match=r"shape \(m, 4\)"):
         load_contexts(tmp_path / "wrongdim.npy", 4)
+    # weights whose payoffs overflow: the solves are not usable -> warning, exit 3, nothing written
+    from fpntools.training.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(trained / "weights.pt")
+    state["state_dict"]["game.net.4.weight"].fill_(3e38)
+    save_checkpoint(tmp_path / "huge.pt", state)
+    code, _, err = _run(monkeypatch, capsys, "predict", "--model", str(tmp_path / "huge.pt"), "--context-file",
+                        str(tmp_path / "ok.npy"), "--out", str(tmp_path / "z.npy"))
+    assert "warning:" in err and "non-finite or diverged" in err
+    _one_line_error(code, err, "the predictions are not usable", expected_code=3)
+    assert not (tmp_path / "z.npy").exists()
 
 
 def test_data_without_payoffs_trains_and_resume_refuses_a_changed_file(monkeypatch, capsys, tmp_path, files):
