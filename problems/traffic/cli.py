@@ -198,16 +198,28 @@ def bench(
     n_train: int = typer.Option(200, "--n-train"),
     n_test: int = typer.Option(50, "--n-test"),
     gap: float = typer.Option(1e-8, "--gap"),
-    models: Path = typer.Option(Path("runs/traffic"), "--models", help="folder of trained models (<network>/)"),
-    epochs: int = typer.Option(5, "--epochs", help="epochs when a model must be trained"),
-    figure_dir: Path = typer.Option(Path("out/traffic"), "--figures", help="folder for the PNG figures"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="training epochs (default 20; --legacy: 5, when a "
+                                         "model must be trained)"),
+    families: str = typer.Option("neural,grey", "--families", help="path N-FPN families to train"),
+    records: Optional[Path] = typer.Option(None, "--records", help="also write the rows as JSON"),
+    legacy: bool = typer.Option(False, "--legacy", help="the per-origin Davis-Yin N-FPN (shipped Sioux Falls model) "
+                                "vs constant / MLP instead"),
+    models: Path = typer.Option(Path("runs/traffic"), "--models", help="--legacy: folder of trained models"),
+    figure_dir: Path = typer.Option(Path("out/traffic"), "--figures", help="--legacy: folder for the PNG figures"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress"),
 ) -> None:
-    """N-FPN vs constant and MLP baselines on certified equilibria: prints a markdown table."""
-    from problems.traffic.learning_bench import bench_command
+    """Path N-FPN (neural, grey-box) vs MLP and constant predictors on certified equilibria: markdown tables."""
+    if legacy:
+        from problems.traffic.learning_bench import bench_command
 
-    bench_command(networks, n_train=n_train, n_test=n_test, gap=gap, models=models, epochs=epochs,
-                  figure_dir=figure_dir, progress=not quiet)
+        bench_command(networks, n_train=n_train, n_test=n_test, gap=gap, models=models,
+                      epochs=epochs if epochs is not None else 5, figure_dir=figure_dir, progress=not quiet)
+        return
+    from problems.traffic.learning_bench import bench_path_command
+
+    bench_path_command(networks, n_train=n_train, n_test=n_test, gap=gap,
+                       epochs=epochs if epochs is not None else 20, families=families, records=records,
+                       progress=not quiet)
 
 
 if __name__ == "__main__":  # pragma: no cover - the console command is ``fpntools traffic``

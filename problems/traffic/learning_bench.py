@@ -231,3 +231,139 @@ def plot_flows(network: Network, true: np.ndarray, pred: np.ndarray, path: str |
 def rows_json(rows: list[BenchRow]) -> str:
     """The rows as JSON (for records)."""
     return json.dumps([asdict(r) for r in rows], indent=1)
+
+
+# ------------------------------------------------------------------ path N-FPN (neural / grey) vs MLP / constant
+
+PREDICTORS = ("nfpn", "grey", "mlp", "constant")
+
+
+def bench_path_network(name: str, n_train: int, n_test: int, *, gap: float = 1e-8, epochs: int = 20,
+                       lr: float = 3e-3, seed: int = 0, cache: str | Path | None = "cache/traffic",
+                       families: tuple[str, ...] = ("neural", "grey"), solver_samples: int = 5,
+                       progress: bool = False) -> dict:
+    """One network of ``fpntools traffic bench``: certified generator data (:func:`problems.traffic.datafile.
+    make_data`, first ``n_train`` for training), the path N-FPN of each family trained through the same code
+    as ``train --data`` (:func:`problems.traffic.byod.fit`), the MLP and the constant predictor; per predictor the
+    test relative L2 error, TRAFIX and Wardrop gap (true costs and demand) and the conservation error against
+    the true demand; training CPU seconds; prediction CPU seconds per sample (the whole test set as one batch)
+    against the CPU seconds of one certified solve (gap ``gap``, cold start, mean over ``solver_samples``)."""
+    import sys
+    import time
+
+    import torch
+
+    from problems.traffic.byod import PathTrainConfig, build_model, fit, predict_flows
+    from problems.traffic.context import ContextMap
+    from problems.traffic.datafile import make_data
+    from problems.traffic.equilibrium import solve_equilibrium
+    from problems.traffic.metrics import conservation_error, relative_l2_error, trafix_score, wardrop_gap
+    from problems.traffic.pathnfpn import PathNFPNConfig
+    from problems.traffic.tntp import load_known
+    from problems.traffic.train import baselines
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"{name}: {msg}", file=sys.stderr, flush=True)
+
+    torch.set_num_threads(1)
+    net, dem = load_known(name)
+    say(f"certified data ({n_train} + {n_test} contexts, gap {gap:.0e}; cached under {cache})")
+    data = make_data(net, dem, n_train + n_test, seed=0, gap=gap, cache=cache, progress=progress)
+    tr, te = data.subset(slice(0, n_train)), data.subset(slice(n_train, None))
+    cmap = ContextMap(net, np.asarray(dem.toarray() if hasattr(dem, "toarray") else dem, dtype=np.float64))
+    demands = [cmap.demand(c) for c in te.contexts]
+    caps = [cmap.capacity(c) for c in te.contexts]
+
+    def scores(pred: np.ndarray) -> dict:
+        return dict(rel_l2=float(np.mean(relative_l2_error(pred, te.flows))),
+                    trafix=float(np.mean(trafix_score(pred, te.flows))),
+                    wardrop_gap=float(np.mean([wardrop_gap(net, d, np.maximum(p, 0.0), capacity=c)
+                                               for d, p, c in zip(demands, pred, caps)])),
+                    conservation=float(np.mean([conservation_error(net, d, p) for d, p in zip(demands, pred)])))
+
+    row: dict = dict(network=name, links=net.num_links, n_train=len(tr), n_test=len(te), gap=gap,
+                     max_gap=float(data.extra["gap"].max()))
+    say(f"{solver_samples} cold certified solves for the solver's time")
+    cpu = []
+    for c in te.contexts[:solver_samples]:
+        t = time.process_time()
+        solve_equilibrium(net, cmap.demand(c), gap=gap, capacity=cmap.capacity(c), progress=False, max_iter=2000)
+        cpu.append(time.process_time() - t)
+    row["solver_cpu_s"] = float(np.mean(cpu))
+    for fam in families:
+        say(f"path N-FPN ({fam}): paths and training, {epochs} epochs")
+        t = time.process_time()
+        torch.manual_seed(seed)
+        model = build_model(net, dem, tr, PathNFPNConfig(family=fam))
+        fit(model, tr, PathTrainConfig(epochs=epochs, lr=lr if fam == "neural" else 10 * lr, seed=seed,
+                                       model=model.config), None, progress=progress)
+        train_cpu = time.process_time() - t
+        pred, diag = predict_flows(model, te.contexts, batch=len(te))
+        key = "nfpn" if fam == "neural" else "grey"
+        row[key] = dict(scores(pred), train_cpu_s=train_cpu, pred_cpu_s=diag["cpu_s_per_sample"],
+                        solver_gap=diag["solver_gap"], paths=model.paths.num_paths, pairs=model.paths.num_pairs,
+                        parameters=sum(p.numel() for p in model.parameters()))
+        say(f"{key}: {row[key]}")
+    say("MLP and constant baselines")
+    base = baselines(tr, te, seed=seed, return_predictions=True)
+    for key in ("mlp", "constant"):
+        row[key] = dict(scores(base[key]["pred"]), train_cpu_s=float(base[key].get("train_cpu_s", 0.0)))
+    return row
+
+
+def format_path_table(rows: list[dict]) -> str:
+    """Two markdown tables: accuracy per predictor, then times."""
+    out = ["| network | predictor | rel. L2 | TRAFIX | Wardrop gap | conservation |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        for key, label in (("nfpn", "N-FPN (neural)"), ("grey", "N-FPN (grey-box)"), ("mlp", "MLP"),
+                           ("constant", "constant")):
+            if key in r:
+                m = r[key]
+                out.append(f"| {r['network']} | {label} | {m['rel_l2']:.2e} | {m['trafix']:.3f} | "
+                           f"{m['wardrop_gap']:.2e} | {m['conservation']:.1e} |")
+    out += ["", "| network | links | OD pairs / paths | train / test | max data gap | solver CPU s / solve | "
+                "N-FPN CPU s / pred (batch) | speed-up | train CPU s: N-FPN / grey / MLP |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = r.get("nfpn") or r.get("grey")
+        speed = r["solver_cpu_s"] / n["pred_cpu_s"] if n and n["pred_cpu_s"] > 0 else float("nan")
+        tr = " / ".join(f"{r[k]['train_cpu_s']:.0f}" if k in r else "-" for k in ("nfpn", "grey", "mlp"))
+        out.append(f"| {r['network']} | {r['links']} | {n['pairs'] if n else '-'} / {n['paths'] if n else '-'} | "
+                   f"{r['n_train']} / {r['n_test']} | {r['max_gap']:.1e} | {r['solver_cpu_s']:.3f} | "
+                   f"{n['pred_cpu_s'] if n else float('nan'):.4f} ({r['n_test']}) | {speed:.1f}x | {tr} |")
+    return "\n".join(out)
+
+
+def bench_path_command(networks: str, *, n_train: int = 200, n_test: int = 50, gap: float = 1e-8,
+                       epochs: int = 20, families: str = "neural,grey", records: str | Path | None = None,
+                       progress: bool = True) -> list[dict]:
+    """``fpntools traffic bench``: :func:`bench_path_network` per network (missing data: skipped with a
+    warning), the tables on stdout, the rows as JSON to ``records`` when given."""
+    from fpntools.atomic_io import atomic_write_bytes
+    from fpntools.cli_support import check_output_path, warn
+    from problems.traffic.commands import check_gap
+
+    names = [n.strip() for n in networks.split(",") if n.strip()]
+    if not names:
+        raise UserInputError("--networks is empty")
+    for label, v in (("--n-train", n_train), ("--n-test", n_test), ("--epochs", epochs)):
+        if v < 1:
+            raise UserInputError(f"{label} must be >= 1, got {v}")
+    fams = tuple(f.strip() for f in families.split(",") if f.strip())
+    if not fams or any(f not in ("neural", "grey") for f in fams):
+        raise UserInputError(f"--families must be a comma-separated subset of neural,grey, got {families!r}")
+    check_gap(gap)
+    if records is not None:
+        records = check_output_path(records, suffixes=(".json",), what="--records")
+    rows = []
+    for name in names:
+        try:
+            rows.append(bench_path_network(name, n_train, n_test, gap=gap, epochs=epochs, families=fams,
+                                           progress=progress))
+        except (FileNotFoundError, KeyError) as e:
+            warn(f"skipping {name}: {e.args[0] if e.args else e}")
+        if records is not None:
+            atomic_write_bytes(records, json.dumps(rows, indent=1).encode())
+    print(format_path_table(rows), flush=True)
+    return rows

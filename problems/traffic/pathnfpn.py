@@ -83,10 +83,10 @@ class PathNFPNConfig:
     """
 
     family: str = "neural"
-    hidden: int = 0
-    quadratic: bool = True
+    hidden: int = 32
+    quadratic: bool = False
     sweeps: int = 200
-    solver_tol: float = 1e-9
+    solver_tol: float = 1e-6
     solve: SolveConfig = field(default_factory=default_path_solve)
 
     def __post_init__(self) -> None:

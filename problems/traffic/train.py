@@ -269,9 +269,12 @@ def evaluate(model: TrafficNFPN, data: TrafficDataset, batch: int = 25, progress
                 fp_residual=float(np.max(np.concatenate(res))), cpu_s_per_sample=cpu)
 
 
-def baselines(train_ds: TrafficDataset, test_ds: TrafficDataset, seed: int = 0) -> dict:
+def baselines(train_ds: TrafficDataset, test_ds: TrafficDataset, seed: int = 0,
+              return_predictions: bool = False) -> dict:
     """Constant predictor (mean training flow) and an MLP regressor (context -> link flows, scikit-learn,
-    two hidden layers of 128, standardised targets): test relative L2 and TRAFIX."""
+    two hidden layers of 128, standardised targets): test relative L2 and TRAFIX (and, with
+    ``return_predictions``, the test predictions under ``"pred"``).  Any objects with ``contexts`` and
+    ``flows`` arrays will do (e.g. :class:`problems.traffic.datafile.TrafficData`)."""
     from sklearn.neural_network import MLPRegressor
 
     out = {}
@@ -286,6 +289,9 @@ def baselines(train_ds: TrafficDataset, test_ds: TrafficDataset, seed: int = 0) 
     pred = mlp.predict(test_ds.contexts) * sd + mu
     out["mlp"] = dict(rel_l2=float(np.mean(relative_l2_error(pred, test_ds.flows))),
                       trafix=float(np.mean(trafix_score(pred, test_ds.flows))), train_cpu_s=time.process_time() - t)
+    if return_predictions:
+        out["constant"]["pred"] = np.array(const)
+        out["mlp"]["pred"] = pred
     return out
 
 
