@@ -69,7 +69,8 @@ _OPP_OFFSET = np.array([0.0, 0.5, 0.5])
 class RestoreSettings:
     """Settings of :func:`restore_array`: ``tile`` (largest tile side), ``overlap`` (least overlap of
     neighbouring tiles), ``batch_pixels`` (pixels per batch of tiles: the memory bound), the fast joint solve
-    (``settle_iters`` iterations with the latent frozen, then ``max_iter`` joint iterations; ``tol = 0``:
+    (``settle_iters`` iterations with the latent frozen, stopping early at the relative residual ``settle_tol``,
+    then ``max_iter`` joint iterations; ``tol = 0``:
     exactly that many and the last iterate, the default, since the engine otherwise returns the iterate of
     smallest joint residual, which early in a joint solve is its start; equilibrium tolerance ``eq_tol`` of the
     start and end solves), the prior weight ``lam = max(lam_per_variance sigma^2, LAM_MIN)`` of a plane of noise
@@ -80,9 +81,10 @@ class RestoreSettings:
     overlap: int = 32
     batch_pixels: int = 2 * 256 * 256
     settle_iters: int = 30
+    settle_tol: float = 1e-6
     max_iter: int = 20
     tol: float = 0.0
-    lam_per_variance: float = 600.0
+    lam_per_variance: float = 1500.0
     eq_tol: float = 1e-4
     eq_max_iter: int = 40
     colour: str = "opponent"
@@ -206,7 +208,7 @@ def solve_tiles(model: DEQDecoder, y: Tensor, mask: Tensor | None, sigma: float,
         return img0[:, 0].numpy(), TileReport(start.numpy(), start.numpy(), np.zeros(b, bool), np.zeros(b), ~finite0,
                                               0, time.perf_counter() - t0)
     cfg = replace(joint_config(TaskConfig(lam=lam), mask is not None), settle_iters=settings.settle_iters,
-                  max_iter=settings.max_iter, tol=settings.tol)
+                  settle_tol=settings.settle_tol, max_iter=settings.max_iter, tol=settings.tol)
     with torch.no_grad():
         res = augmented_solve(prob.f, prob.loss, x_hat, z_hat, None, cfg, counter=counter)
     solved = torch.isfinite(res.x).flatten(1).all(1) & torch.isfinite(res.z).flatten(1).all(1)
