@@ -2,23 +2,25 @@
 projected-gradient map of a *learned* game (Heaton, McKenzie, Li, Wu Fung, Osher, Yin, "Learn to predict
 equilibria via fixed point networks").
 
-Learned game.  A small network maps the context ``d`` to two ``n x m`` matrices ``Z(d)``, ``G_raw(d)`` and
-(optionally, ``linear_terms``) a vector ``q(d) = (q_x(d), q_y(d))`` in ``R^{n+m}``::
+Learned game.  A small network maps the (standardised, :class:`ContextScaler`) context ``d`` to two ``n x m``
+matrices ``Z(d)``, ``G_raw(d)``, (optionally, ``linear_terms``) a vector ``q(d) = (q_x(d), q_y(d))`` in
+``R^{n+m}`` and (optionally, ``temperature = T > 0``) the players' regularisers ``mu_x(d), mu_y(d)``::
 
-    G(d) = gamma * G_raw(d) / max(1, ||G_raw(d)||_F)         (common-interest part, ||G||_2 <= gamma)
-    A_theta(d) = Z(d) + G(d),   B_theta(d) = -Z(d) + G(d)    (player payoffs)
+    mu_x(d) = mu exp(T tanh t_x(d)),   mu_y(d) = mu exp(T tanh t_y(d))           (mu_x = mu_y = mu for T = 0)
+    G(d) = (gamma / mu) sqrt(mu_x mu_y) G_raw(d) / max(1, ||G_raw(d)||_F)      (common-interest part)
+    A_theta(d) = Z(d) + G(d),   B_theta(d) = -Z(d) + G(d)                     (player payoffs)
 
-and each player maximises its bilinear payoff minus a linear term and a quadratic regulariser ``mu/2 ||.||^2``:
-player 1 ``x^T A_theta y - q_x^T x - mu/2 ||x||^2``, player 2 ``x^T B_theta y - q_y^T y - mu/2 ||y||^2``.
+and each player maximises its bilinear payoff minus a linear term and a quadratic regulariser:
+player 1 ``x^T A_theta y - q_x^T x - mu_x/2 ||x||^2``, player 2 ``x^T B_theta y - q_y^T y - mu_y/2 ||y||^2``.
 The game gradient (the stacked gradients of the players' *costs*) of ``z = (x, y)`` is affine::
 
-    F_theta(z; d) = J(d) z + q(d),     J(d) = [[ mu I,          -A_theta(d) ],
-                                               [ -B_theta(d)^T,  mu I        ]]
+    F_theta(z; d) = J(d) z + q(d),     J(d) = [[ mu_x I,        -A_theta(d) ],
+                                               [ -B_theta(d)^T,  mu_y I      ]]
 
-Its symmetric part is ``[[mu I, -G], [-G^T, mu I]] >= (mu - ||G||_2) I >= (mu - gamma) I``, so ``F_theta`` is
-strongly monotone with modulus ``s(d) = lambda_min(sym J(d)) >= mu - gamma > 0`` and Lipschitz with
-``L(d) = ||J(d)||_2``.  The learned game therefore has exactly one equilibrium, the solution of the
-variational inequality::
+Its symmetric part is ``[[mu_x I, -G], [-G^T, mu_y I]] >= (1 - gamma / mu) min(mu_x, mu_y) I`` (since
+``2 u^T G v <= (gamma / mu)(mu_x ||u||^2 + mu_y ||v||^2)``), so ``F_theta`` is strongly monotone with modulus
+``s(d) = lambda_min(sym J(d)) > 0`` and Lipschitz with ``L(d) = ||J(d)||_2``.  The learned game therefore has
+exactly one equilibrium, the solution of the variational inequality::
 
     find z* in C = Delta_n x Delta_m  with  <F_theta(z*; d), z - z*> >= 0  for all z in C,
 
@@ -28,9 +30,16 @@ any ``alpha > 0``.  With the per-sample step ``alpha(d) = s(d) / L(d)^2`` the ma
 differentiates one application of ``T`` at the fixed point) gives a descent direction.  The step size is
 treated as a constant of the map (detached): it does not change the fixed point.
 
+Face solve (``face_solve``, default).  Sharp learned games (payoffs large against ``mu_x``, ``mu_y``: equilibria
+on faces of the simplices) are stiff for the iteration.  The fixed-point solver therefore only supplies a
+starting support; :meth:`NashFPN.face_polish` finishes with an active-set method on the linear KKT system of
+the face (certified: ``z >= 0`` on the support, reduced costs ``>= 0`` off it) and returns the face solution,
+exact to round-off, whose autograd derivative is the implicit derivative of the equilibrium map.
+
 How the fixed point is solved and differentiated is the model's :class:`fpntools.SolveConfig`
 (``NFPNConfig.solve``; default Anderson, JFB, tolerance ``1e-6`` on the residual ``||T(z) - z|| / ||T(z)||``,
-at most 200 iterations); the equilibrium module is :func:`fpntools.make_fixed_point` of :class:`BatchMap`.
+at most 20 iterations with the face solve, 200 without); the equilibrium module is
+:func:`fpntools.make_fixed_point` of :class:`BatchMap`.
 """
 
 from __future__ import annotations
@@ -490,8 +499,8 @@ class NashFPN(nn.Module):
             abs_res = res.norm(dim=1)
             rel_res = abs_res / self.step(out, F).norm(dim=1).clamp_min(torch.finfo(out.dtype).tiny)
             ok = certified | info.converged
-            status = torch.where(certified & (info.sample_status == int(Status.MAX_ITER)),
-                                 torch.full_like(info.sample_status, int(Status.CONVERGED)), info.sample_status)
+            # a certified sample is an exact equilibrium whatever the warm start's own outcome was
+            status = torch.where(certified, torch.full_like(info.sample_status, int(Status.CONVERGED)), info.sample_status)
         info = dataclasses.replace(
             info, abs_residual=torch.where(certified, abs_res, info.abs_residual),
             rel_residual=torch.where(certified, rel_res, info.rel_residual), converged=ok, sample_status=status,

@@ -13,7 +13,8 @@ cosine-decayed per step to ``lr / 20``, batch 64, 100 epochs). The N-FPN is trai
 
 A *run* (:func:`train_run`, ``fpntools games train``) is a folder with the trainer's ``config.json``,
 ``history.json`` and ``checkpoint.pt`` plus ``weights.pt``: ``{"format", "state_dict", "data", "model",
-"test_metrics", "epochs_done"}`` with the data description (:class:`GameDataConfig`) and the model's
+"test_metrics", "epochs_done"}`` with the data description (a family's :class:`GameDataConfig` or the
+user's data file, :class:`~problems.games.datafile.FileDataConfig`) and the model's
 (:class:`ModelSpec`: name, sizes, its ``NFPNConfig`` with the ``SolveConfig``). :func:`load_trained`
 rebuilds the model from a run folder, its ``weights.pt`` or its ``checkpoint.pt`` and refuses, in one line,
 files whose configuration does not match the weights.
