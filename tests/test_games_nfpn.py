@@ -110,6 +110,12 @@ def test_face_solve_certifies_stiff_games_from_a_rough_start():
         assert info.rel_residual.max() < 1e-12
         torch.testing.assert_close(z, z_long, atol=1e-7, rtol=0)
         assert rough.vi_gap(z, d).abs().max() < 1e-12
+        # a certified sample is converged whatever its warm start reported (here: every sample "diverged")
+        diverged = dataclasses.replace(info, sample_status=torch.full_like(info.sample_status, int(fpntools.Status.DIVERGED)),
+                                       status=fpntools.Status.DIVERGED, converged=torch.zeros_like(info.converged))
+        z2, info2 = rough.face_polish(rough.initial_state(d), rough.operator(d), diverged)
+        assert info2.status == fpntools.Status.CONVERGED and bool(info2.converged.all())
+        torch.testing.assert_close(z2, z, atol=1e-9, rtol=0)
 
 
 def test_player_temperatures_keep_the_game_strongly_monotone():
