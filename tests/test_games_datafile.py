@@ -247,3 +247,22 @@ def test_data_without_payoffs_trains_and_resume_refuses_a_changed_file(monkeypat
     np.savez(tmp_path / "plain.npz", context=data.d, x=data.x, y=data.y)
     code, _, err = _run(monkeypatch, capsys, *args, "--resume")
     _one_line_error(code, err, "games.data.sha256")
+
+
+def test_bench_on_data_files(monkeypatch, capsys, tmp_path, files):
+    out = tmp_path / "b.json"
+    code, text, err = _run(monkeypatch, capsys, "bench", "--data", str(files / "train.npz"), "--test-data",
+                           str(files / "test.npz"), "--epochs", "1", "--hidden", "8", "--no-progress", "--json", str(out))
+    assert code == 0 and "certified solver (support-enumeration)" in text, err
+    import json
+
+    doc = json.loads(out.read_text())
+    assert [r["model"] for r in doc["rows"]] == ["nfpn", "mlp", "constant"]
+    assert doc["summary"]["n_train"] == 64 and doc["summary"]["n_test"] == 16 and doc["summary"]["solver_ms"] > 0
+    assert doc["config"] == {"data": str(files / "train.npz"), "test_data": str(files / "test.npz")}
+    code, _, err = _run(monkeypatch, capsys, "bench", "--data", str(files / "train.npz"))
+    _one_line_error(code, err, "--data and --test-data go together")
+    np.savez(tmp_path / "other.npz", context=np.zeros((4, 3)), x=np.full((4, 3), 1 / 3), y=np.full((4, 3), 1 / 3))
+    code, _, err = _run(monkeypatch, capsys, "bench", "--data", str(files / "train.npz"), "--test-data",
+                        str(tmp_path / "other.npz"))
+    _one_line_error(code, err, "holds 3x3 games with 3 context entries")

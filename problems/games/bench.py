@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -16,12 +17,14 @@ import numpy as np
 import torch
 
 from fpntools.training.trainer import print_to_stderr
+from fpntools.errors import UserInputError
 from problems.games.data import GameDataConfig, GameDataset, make_dataset
+from problems.games.datafile import load_game_data
 from problems.games.equilibria import solve_games
 from problems.games.model import NFPNConfig
 from problems.games.train import MODELS, ModelSpec, evaluate, recipe, seed_everything, solver_report, train_model
 
-__all__ = ["run_bench", "bench_models", "solver_time", "bench_report", "bench_json", "data_config"]
+__all__ = ["run_bench", "bench_files", "bench_models", "solver_time", "bench_report", "bench_json", "data_config"]
 
 
 def data_config(family: str, n_actions: int, context_dim: int, n_train: int, n_test: int, seed: int) -> GameDataConfig:
@@ -77,6 +80,18 @@ def run_bench(
     rows, summary = bench_models(train, test, nfpn, epochs=epochs, seed=seed, progress=progress, lr=lr, device=device,
                                  log=log)
     return rows, {**summary, "data_s": data_s}
+
+
+def bench_files(
+    train_file: str | Path, test_file: str | Path, nfpn: NFPNConfig, **options: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`bench_models` on the user's own training and held-out data files (same sizes required)."""
+    train, test = load_game_data(train_file), load_game_data(test_file)
+    a, b = (train.n, train.m, train.d.shape[1]), (test.n, test.m, test.d.shape[1])
+    if a != b:
+        raise UserInputError(f"{test_file} holds {b[0]}x{b[1]} games with {b[2]} context entries, but {train_file} "
+                             f"holds {a[0]}x{a[1]} games with {a[2]}")
+    return bench_models(train, test, nfpn, **options)
 
 
 def bench_models(
@@ -164,6 +179,6 @@ def bench_report(rows: list[dict[str, Any]], summary: dict[str, Any], epochs: in
         solver_report(r, what=r["model"])
 
 
-def bench_json(rows: list[dict[str, Any]], summary: dict[str, Any], config: GameDataConfig) -> dict[str, Any]:
-    """The JSON document of ``--json``."""
-    return {"summary": summary, "rows": rows, "config": asdict(config)}
+def bench_json(rows: list[dict[str, Any]], summary: dict[str, Any], config: GameDataConfig | dict) -> dict[str, Any]:
+    """The JSON document of ``--json`` (``config``: the family's data configuration or the data files)."""
+    return {"summary": summary, "rows": rows, "config": config if isinstance(config, dict) else asdict(config)}

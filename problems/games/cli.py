@@ -83,22 +83,32 @@ def bench(
     threads: int = typer.Option(1, help="torch CPU threads"),
     progress: bool = typer.Option(True, help="show a progress bar per training epoch"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the rows to this JSON file"),
+    data: Optional[Path] = typer.Option(None, help="your own training data file instead of a family (with --test-data)"),
+    test_data: Optional[Path] = typer.Option(None, help="your own held-out data file (with --data)"),
 ) -> None:
     """Held-out error of N-FPN vs an MLP regressor and a constant predictor, and their Nash gap under the true game."""
     from fpntools.atomic_io import atomic_write_bytes
     from fpntools.cli_support import check_output_path
-    from problems.games.bench import bench_json, bench_report, data_config, run_bench
+    from problems.games.bench import bench_files, bench_json, bench_report, data_config, run_bench
     from problems.games.model import NFPNConfig
 
     if json_out is not None:
         check_output_path(json_out, suffixes=(".json",), what="--json")
+    if (data is None) != (test_data is None):
+        raise UserInputError("--data and --test-data go together (a training and a held-out data file)")
     _threads(threads)
-    cfg = data_config(family, n_actions, context_dim, n_train, n_test, seed)
     nfpn = NFPNConfig(hidden=hidden, splitting=splitting, face_solve=face_solve, temperature=temperature, gamma=gamma)
-    rows, summary = run_bench(cfg, epochs=epochs, seed=seed, lr=lr, device=device, progress=progress, nfpn=nfpn)
+    options = dict(epochs=epochs, seed=seed, lr=lr, device=device, progress=progress)
+    if data is not None:
+        rows, summary = bench_files(data, test_data, nfpn, **options)
+        described: dict = {"data": str(data), "test_data": str(test_data)}
+    else:
+        cfg = data_config(family, n_actions, context_dim, n_train, n_test, seed)
+        rows, summary = run_bench(cfg, nfpn=nfpn, **options)
+        described = cfg
     bench_report(rows, summary, epochs)
     if json_out is not None:
-        atomic_write_bytes(json_out, json.dumps(bench_json(rows, summary, cfg), indent=2).encode())
+        atomic_write_bytes(json_out, json.dumps(bench_json(rows, summary, described), indent=2).encode())
 
 
 @app.command()
