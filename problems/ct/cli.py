@@ -32,8 +32,6 @@ from fpntools.errors import UserInputError
 app = typer.Typer(help="CT reconstruction: FBP, TV, F-FPN and unrolled networks.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 
-from problems.ct.baselines import DEFAULT_TV_LAM  # noqa: E402  (tuned TV weight of the default problem)
-
 
 def _geometry(size: int, angles: int, detectors: int, angle_range: Optional[float], detector_width: Optional[float],
               fan: bool, source_origin: float, origin_detector: float, beam: str = "parallel"):
@@ -265,42 +263,55 @@ def train(
 
 @app.command()
 def bench(
-    methods: str = typer.Option("fbp,tv,ffpn,unrolled", help="comma-separated: fbp,tv,ffpn,unrolled"),
-    n_test: int = typer.Option(16, help="test phantoms (random ellipses, test split)"),
-    seed: int = typer.Option(0),
-    lam: float = typer.Option(DEFAULT_TV_LAM, help="TV weight"),
-    iters: int = typer.Option(500, help="TV: maximum PDHG iterations"),
-    filter: str = typer.Option("hann", "--filter", help="FBP filter"),
-    ffpn_weights: Optional[Path] = typer.Option(None, help="F-FPN weights (default: shipped)"),
+    methods: str = typer.Option("fbp,tv,unrolled,ffpn", help="comma-separated: fbp,tv,unrolled,ffpn"),
+    geometries: Optional[str] = typer.Option(None, help="comma-separated geometries: parN (parallel, N angles) or "
+                                             "fanN (fan beam, N angles over a full turn); default: "
+                                             "par20,par30,par60,fan60 (VALIDATION_GEOMETRIES)"),
+    sets: str = typer.Option("phantoms,bsd68,shepp-logan", help="test sets: phantoms (held-out CT-like), bsd68 "
+                             "(BSD68 test crops), shepp-logan (the standard phantom)"),
+    n_test: int = typer.Option(16, help="images per test set (Shepp-Logan: one)"),
+    seed: int = typer.Option(0, help="seed of the test images and the noise"),
+    noise: float = typer.Option(0.015, help="relative noise level of the simulated sinograms"),
+    known_noise: bool = typer.Option(False, "--known-noise", help="give the methods the true noise level "
+                                     "(default: each estimates it from the sinograms)"),
+    iters: int = typer.Option(500, help="TV: maximum PDHG iterations (tuned weight)"),
+    filter: str = typer.Option("hann", "--filter", help="FBP filter (parallel beam)"),
+    batch_size: int = typer.Option(16, help="images per reconstruction call"),
+    ffpn_weights: Optional[Path] = typer.Option(None, help="F-FPN weights (default: shipped data/ct/ffpn)"),
     unrolled_weights: Optional[Path] = typer.Option(None, help="unrolled weights (default: shipped)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON"),
-    figure: Optional[Path] = typer.Option(Path("out/ct/bench.png"), help="figure: truth, reconstructions, error maps"),
-    threads: int = ThreadsOpt,
-    size: int = SizeOpt, angles: int = AnglesOpt, detectors: int = DetOpt, angle_range: Optional[float] = RangeOpt,
-    detector_width: Optional[float] = WidthOpt, beam: str = BeamOpt, fan: bool = FanOpt, source_origin: float = SoOpt,
-    origin_detector: float = OdOpt, cache_dir: Optional[Path] = CacheOpt,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write everything (per-image PSNRs too) as JSON"),
+    figure: Path = typer.Option(Path("out/ct/bench.png"), help="figure: truth, reconstructions, error maps (par30)"),
+    no_figure: bool = typer.Option(False, "--no-figure", help="do not write the figure"),
+    size: int = typer.Option(128, "--size", help="side of the test images and geometries (the issue's bench: 128)"),
+    threads: int = ThreadsOpt, cache_dir: Optional[Path] = CacheOpt,
 ) -> None:
-    """PSNR / SSIM / time per image of the methods on simulated test phantoms (progress on stderr)."""
+    """PSNR / SSIM / time per image of FBP, tuned TV, unrolled and F-FPN on held-out test sets at several
+    geometries, and the targets of issue 15 (progress on stderr)."""
     from rich.console import Console
 
     from fpntools.atomic_io import atomic_write_bytes
-    from problems.ct.bench import BenchConfig, bench_document, bench_table, parse_methods, run_bench
+    from problems.ct.bench import (BenchConfig, bench_document, bench_table, default_geometries, run_bench,
+                                   targets_table)
     from problems.ct.figures import save_bench_figure
 
-    chosen = parse_methods(methods)
-    if figure is not None:
+    cfg = BenchConfig(methods=methods, geometries=geometries or default_geometries(), sets=sets, n_test=n_test,
+                      seed=seed, noise=noise, known_noise=known_noise, iters=iters, filter=filter,
+                      batch_size=batch_size, ffpn_weights=ffpn_weights, unrolled_weights=unrolled_weights,
+                      image_size=size)
+    if not no_figure:
         check_output_dir(figure.parent, "--figure folder")
         check_output_path(figure, (".png",), "--figure")
     if json_out is not None:
         check_output_path(json_out, (".json",), "--json")
     _threads(threads)
-    g = _geometry(size, angles, detectors, angle_range, detector_width, fan, source_origin, origin_detector, beam)
-    cfg = BenchConfig(methods=chosen, n_test=n_test, seed=seed, lam=lam, iters=iters, filter=filter,
-                      ffpn_weights=ffpn_weights, unrolled_weights=unrolled_weights)
-    result = run_bench(cfg, g, cache_dir=cache_dir, log=_stderr)
-    Console().print(bench_table(result))
-    if figure is not None:
-        save_bench_figure(figure, result.truth, result.recs)
+    result = run_bench(cfg, cache_dir=cache_dir, log=_stderr)
+    console = Console(width=max(Console().width, 110))
+    console.print(bench_table(result))
+    tt = targets_table(result)
+    if tt is not None:
+        console.print(tt)
+    if not no_figure:
+        save_bench_figure(figure, result.panels, f"ct bench at {result.figure_geometry}, noise {noise:g}")
         typer.echo(f"wrote {figure}")
     if json_out is not None:
         atomic_write_bytes(json_out, json.dumps(bench_document(result), indent=2).encode())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -43,28 +43,36 @@ def save_png(path: str | os.PathLike, images: np.ndarray) -> None:
     _save_figure(path, fig)
 
 
-def save_bench_figure(path: str | os.PathLike, truth: np.ndarray, recs: dict[str, np.ndarray], n_show: int = 2) -> None:
-    """Ground truth and each method's reconstruction (top row per image, with its PSNR) and the absolute error
-    map below, for the first ``n_show`` images."""
+def save_bench_figure(path: str | os.PathLike, panels: Sequence[Any], title: str = "",
+                      error_max: float = 0.25) -> None:
+    """The figure of ``ct bench``: per panel (a ground truth and each method's reconstruction,
+    :class:`problems.ct.bench.FigurePanel`) one row with the truth and the reconstructions (PSNR in the title)
+    and one row with the absolute error maps ``|x_method - x|`` (colour scale ``[0, error_max]``)."""
+    from fpntools.metrics import psnr
+
     plt = _pyplot()
-    n_show = min(n_show, truth.shape[0])
-    cols = 1 + len(recs)
-    fig, axes = plt.subplots(2 * n_show, cols, figsize=(2.6 * cols, 2.6 * 2 * n_show), squeeze=False)
-    for i in range(n_show):
+    if not panels:
+        raise ValueError("save_bench_figure needs at least one panel")
+    cols = 1 + max(len(p.recs) for p in panels)
+    fig, axes = plt.subplots(2 * len(panels), cols, figsize=(2.6 * cols, 2.7 * 2 * len(panels)), squeeze=False,
+                             constrained_layout=True)
+    for i, panel in enumerate(panels):
         top, bottom = axes[2 * i], axes[2 * i + 1]
-        top[0].imshow(truth[i], cmap="gray", vmin=0, vmax=1)
-        top[0].set_title(f"truth #{i}", fontsize=9)
-        bottom[0].axis("off")
-        for j, (name, rec) in enumerate(recs.items(), start=1):
-            err = np.abs(rec[i] - truth[i])
-            mse = float(np.mean((rec[i] - truth[i]) ** 2))
-            psnr_i = 10 * np.log10(1.0 / max(mse, 1e-12))
-            top[j].imshow(rec[i], cmap="gray", vmin=0, vmax=1)
-            top[j].set_title(f"{name} {psnr_i:.1f} dB", fontsize=9)
-            bottom[j].imshow(err, cmap="magma", vmin=0, vmax=0.25)
-            bottom[j].set_title(f"|{name} - truth|", fontsize=9)
+        top[0].imshow(panel.truth, cmap="gray", vmin=0, vmax=1)
+        top[0].set_title(f"truth: {panel.label}", fontsize=8)
         for ax in list(top) + list(bottom):
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.tight_layout()
+        for ax in list(top[len(panel.recs) + 1:]) + [bottom[0]] + list(bottom[len(panel.recs) + 1:]):
+            ax.axis("off")
+        im = None
+        for j, (name, rec) in enumerate(panel.recs.items(), start=1):
+            top[j].imshow(rec, cmap="gray", vmin=0, vmax=1)
+            top[j].set_title(f"{name}: {float(psnr(rec, panel.truth)):.2f} dB", fontsize=9)
+            im = bottom[j].imshow(np.abs(rec - panel.truth), cmap="magma", vmin=0, vmax=error_max)
+            bottom[j].set_title(f"|{name} - truth|", fontsize=9)
+        if im is not None:
+            fig.colorbar(im, ax=list(bottom[1:len(panel.recs) + 1]), fraction=0.02, pad=0.01)
+    if title:
+        fig.suptitle(title, fontsize=10)
     _save_figure(path, fig)
