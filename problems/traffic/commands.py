@@ -18,6 +18,7 @@ import io
 import math
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -303,7 +304,7 @@ def predict_path_command(model_dir: str | os.PathLike, context: str | None, cont
     """``fpntools traffic predict --model DIR`` for a path N-FPN: flows ``(m, L)`` to ``OUT.npy``, or the long
     CSV ``sample,from,to,flow,cost`` (learned link cost at the predicted flow) to ``OUT.csv`` / stdout.
     Contexts from ``--context`` (comma-separated) or ``--context-file`` (``.npy``, ``.csv``, ``.json``,
-    whitespace text), ``(m, p)`` with the model's ``p``."""
+    whitespace text, or a ``DATA.npz``'s ``context``), ``(m, p)`` with the model's ``p``."""
     import json
 
     import torch
@@ -330,11 +331,16 @@ def predict_path_command(model_dir: str | os.PathLike, context: str | None, cont
         try:
             if path.suffix == ".npy":
                 raw = np.load(path, allow_pickle=False)
+            elif path.suffix == ".npz":  # a DATA.npz: its contexts
+                with np.load(path, allow_pickle=False) as z:
+                    if "context" not in z.files:
+                        raise UserInputError(f"{path}: no array 'context'")
+                    raw = z["context"]
             elif path.suffix == ".json":
                 raw = json.loads(path.read_text())
             else:
                 raw = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise UserInputError(f"cannot read contexts from {path}: {e}") from None
         ctx = check_contexts(raw, m.context_dim, str(path))
     flows, diag = predict_flows(m, ctx, batch)

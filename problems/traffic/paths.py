@@ -269,9 +269,9 @@ class TorchPaths(torch.nn.Module):
 CostFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
-def _line_search(cost: CostFn, X: Tensor, d: Tensor, iters: int = 30) -> Tensor:
+def _line_search(cost: CostFn, X: Tensor, d: Tensor, iters: int = 12, rtol: float = 1e-8) -> Tensor:
     """Per sample ``argmin_{a in [0, 1]} B(X + a d)`` (Beckmann objective): safeguarded Newton on the increasing
-    ``g(a) = t(X + a d) . d``.  ``(B, 1)``."""
+    ``g(a) = t(X + a d) . d``, stopped when ``|g| <= rtol |g(0)|`` for every sample.  ``(B, 1)``."""
     B = X.shape[0]
     lo = torch.zeros(B, 1, dtype=X.dtype, device=X.device)
     hi = torch.ones_like(lo)
@@ -288,7 +288,7 @@ def _line_search(cost: CostFn, X: Tensor, d: Tensor, iters: int = 30) -> Tensor:
         h = (tp * d * d).sum(dim=1, keepdim=True)
         hi = torch.where(g > 0, a, hi)
         lo = torch.where(g <= 0, a, lo)
-        if bool(((g.abs() <= 1e-12 * scale) | (hi - lo <= 1e-15)).all()):
+        if bool(((g.abs() <= rtol * scale) | (hi - lo <= 1e-15)).all()):
             break
         new = a - g / h.clamp(min=1e-300)
         a = torch.where((new > lo) & (new < hi) & (h > 0), new, 0.5 * (lo + hi))
