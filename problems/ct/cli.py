@@ -203,6 +203,7 @@ def train(
     validation_file: Optional[Path] = typer.Option(None, help="validation images .npz (default: built from BSD68 "
                                                    "validation half and the generators)"),
     workers: int = typer.Option(0, help="processes generating the image pool (0: this one)"),
+    init: Optional[Path] = typer.Option(None, help="start from these weights (.safetensors, same kind; fine-tuning)"),
     seed: int = typer.Option(0, help="pool, initialisation and sample-order seed"),
     backward: Optional[str] = typer.Option(None, help="F-FPN gradient: jfb (default) | implicit | implicit_cg | phantom"),
     unrolled_steps: int = typer.Option(10, help="unrolled network: number of steps"),
@@ -249,6 +250,7 @@ def train(
                       epoch_size=epoch_size, n_val=n_val, noise_min=noise_min, noise_max=noise_max, image_size=size,
                       natural_images=None if natural_images is None else str(natural_images),
                       validation_file=None if validation_file is None else str(validation_file), workers=workers,
+                      init=None if init is None else str(init),
                       seed=seed, max_minutes=max_minutes, max_steps=max_steps, device=device, run_dir=str(run_dir), resume=resume,
                       force=force, progress=progress)
     net, result = run_train(cfg, mcfg, solve=solve, log=_stderr)

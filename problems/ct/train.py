@@ -125,6 +125,8 @@ class TrainConfig:
         validation_file: a ``.npz`` of validation images written by :func:`save_validation_images` (default: built
             from the shared BSD68 folder and the generators).
         workers: processes generating the image pool (``0``: in this process).
+        init: weights (``.safetensors`` of :func:`~problems.ct.weights.save_weights`, same kind and architecture)
+            to start from instead of a random initialisation (fine-tuning).
         seed: pool, initialisation and sample-order seed.
         max_minutes: stop (with a checkpoint) once this much wall time has passed (``0``: no limit).
         max_steps: stop (with a checkpoint) after this many optimizer steps (``None``: no limit).
@@ -149,6 +151,7 @@ class TrainConfig:
     natural_images: str | None = None
     validation_file: str | None = None
     workers: int = 0
+    init: str | None = None
     seed: int = 0
     max_minutes: float = 0.0
     max_steps: int | None = None
@@ -433,9 +436,18 @@ def train(
         acquisition(g, device=device)  # read / export the matrices before the clock of the first epoch
     torch.manual_seed(cfg.seed)  # the initial weights
     try:
-        model = build_model(cfg.model, mcfg, solve).to(device)
+        model = build_model(cfg.model, mcfg, solve)
     except ValueError as exc:
         raise UserInputError(str(exc)) from None
+    if cfg.init is not None:
+        from problems.ct.weights import load_model
+
+        start, _ = load_model(cfg.init, kind=cfg.model)
+        if start.config != mcfg:
+            raise UserInputError(f"--init {cfg.init} has another architecture than this run: {start.config}")
+        model.load_state_dict(start.state_dict())
+        say(f"starting from the weights {cfg.init}")
+    model = model.to(device)
     run_config = {
         "model": cfg.model,
         "model_config": mcfg.to_dict(),
@@ -443,6 +455,7 @@ def train(
         "geometries": [g.to_dict() for g in geometries],
         "data": {k: getattr(cfg, k) for k in ("epoch_size", "n_val", "noise_min", "noise_max", "natural", "rich",
                                                 "ellipses", "seed")},
+        "init": cfg.init,
     }
     source = CTSimulationSource(pool, geometries, (cfg.noise_min, cfg.noise_max))
     trainer = Trainer(model, _Loss(geometries), source, tcfg, evaluate=lambda m: val.evaluate(m, cfg.batch_size),
