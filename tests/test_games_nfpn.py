@@ -122,8 +122,11 @@ def test_player_temperatures_keep_the_game_strongly_monotone():
     cfg = NFPNConfig(hidden=16, temperature=2.0, gamma=0.9)
     torch.manual_seed(0)
     model = NashFPN(3, 4, 5, cfg)
+    last = model.game.net[-1]
+    assert not last.weight[-2:].any() and not last.bias[-2:].any()  # both players start at mu
     with torch.no_grad():
-        model.game.net[-1].weight.mul_(5.0)
+        last.weight[-2:].normal_()  # trained temperatures: tilted per player and per context
+        last.weight.mul_(5.0)
         d = torch.rand(64, 5) * 4 - 2
         A, B, q, mus = model.game.components(d)
         J = model.operator(d).J

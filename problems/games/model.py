@@ -145,7 +145,10 @@ class NFPNConfig:
             the players' regularisers are ``mu_x(d) = mu exp(T tanh t_x(d))``, ``mu_y(d)`` likewise (each player's
             own "temperature": how sharply it best-responds, ``x = P_Delta((A y - q_x) / mu_x)``), with the
             common-interest bound scaled to ``||G|| <= (gamma / mu) sqrt(mu_x mu_y)``; the modulus is then at
-            least ``(1 - gamma / mu) min(mu_x, mu_y)``. Default ``2``; ``0``: both players use ``mu``.
+            least ``(1 - gamma / mu) min(mu_x, mu_y)``. Default ``2``; ``0``: both players use ``mu``. The
+            outputs ``t`` start at zero (both players at ``mu``, tanh in its linear range): from a random tilt,
+            training could stall with saturated temperatures (zero-sum 3x3: error 0.24 instead of 0.08 after 40
+            epochs).
         face_solve: after the solve, replace the fixed point by the exact solution of the learned VI on the
             face of ``C`` that the fixed point lies on (its support): the KKT system of that face is linear
             (:meth:`NashFPN.face_solution`), so its batched dense solve gives the equilibrium to round-off and,
@@ -281,6 +284,10 @@ class LearnedGame(nn.Module):
         extra = (n + m if config.linear_terms else 0) + (2 if config.temperature > 0 else 0)
         self.net = mlp(context_dim, 2 * n * m + extra, config.hidden, config.layers)
         self.scaler = ContextScaler(context_dim)
+        if config.temperature > 0:  # both players start at mu (t = 0, where tanh is linear), not at a random tilt
+            with torch.no_grad():
+                self.net[-1].weight[-2:].zero_()
+                self.net[-1].bias[-2:].zero_()
 
     def components(self, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``A_theta, B_theta`` ``(B, n, m)``, linear terms ``q`` ``(B, n + m)`` and the players' regularisers
