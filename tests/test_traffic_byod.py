@@ -15,7 +15,7 @@ from fpntools.cli import app
 from fpntools.errors import UserInputError
 from problems.traffic.byod import (PathTrainConfig, build_model, evaluate_flows, fit, load_path_model,
                                    predict_flows, save_path_model)
-from problems.traffic.datafile import TrafficData, load_data_file, make_data, save_data_file
+from problems.traffic.datafile import load_data_file, make_data, save_data_file
 from problems.traffic.metrics import conservation_error
 from problems.traffic.pathnfpn import PathNFPNConfig, weighted_simplex_projection
 from problems.traffic.synthetic import random_demand, random_network

@@ -18,7 +18,6 @@ import io
 import math
 import os
 import sys
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -305,8 +304,6 @@ def predict_path_command(model_dir: str | os.PathLike, context: str | None, cont
     CSV ``sample,from,to,flow,cost`` (learned link cost at the predicted flow) to ``OUT.csv`` / stdout.
     Contexts from ``--context`` (comma-separated) or ``--context-file`` (``.npy``, ``.csv``, ``.json``,
     whitespace text, or a ``DATA.npz``'s ``context``), ``(m, p)`` with the model's ``p``."""
-    import json
-
     import torch
 
     from problems.traffic.byod import load_path_model, predict_flows
@@ -325,23 +322,10 @@ def predict_path_command(model_dir: str | os.PathLike, context: str | None, cont
             raise UserInputError(f"--context must be comma-separated numbers, got {context!r}") from None
         ctx = check_contexts(raw, m.context_dim, "--context")
     else:
+        from problems.traffic.context import read_context_file
+
         path = Path(context_file)
-        if not path.is_file():
-            raise UserInputError(f"context file not found: {path}")
-        try:
-            if path.suffix == ".npy":
-                raw = np.load(path, allow_pickle=False)
-            elif path.suffix == ".npz":  # a DATA.npz: its contexts
-                with np.load(path, allow_pickle=False) as z:
-                    if "context" not in z.files:
-                        raise UserInputError(f"{path}: no array 'context'")
-                    raw = z["context"]
-            elif path.suffix == ".json":
-                raw = json.loads(path.read_text())
-            else:
-                raw = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise UserInputError(f"cannot read contexts from {path}: {e}") from None
+        raw = read_context_file(path)
         ctx = check_contexts(raw, m.context_dim, str(path))
     flows, diag = predict_flows(m, ctx, batch)
     if not np.isfinite(flows).all():

@@ -37,7 +37,7 @@ from fpntools.atomic_io import atomic_write
 from problems.traffic.equilibrium import solve_equilibrium
 from problems.traffic.tntp import Network
 
-__all__ = ["ContextMap", "TrafficDataset", "generate_dataset", "parse_contexts"]
+__all__ = ["ContextMap", "TrafficDataset", "generate_dataset", "parse_contexts", "read_context_file"]
 
 MAP_VERSION = 1
 
@@ -240,6 +240,35 @@ def generate_dataset(
     return ds
 
 
+def read_context_file(path: str | os.PathLike) -> np.ndarray:
+    """The array of a context file: ``.npy``, ``.npz`` (its ``context``, e.g. a ``DATA.npz``), ``.json`` (a list
+    of vectors), ``.csv`` or whitespace text (one context per line).  Raises
+    :class:`fpntools.errors.UserInputError` for a missing or unreadable file (shape not checked)."""
+    import json
+    import zipfile
+
+    from fpntools.errors import UserInputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"context file not found: {path}")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "context" not in z.files:
+                    raise UserInputError(f"{path}: no array 'context'")
+                arr = z["context"]
+        elif path.suffix == ".json":
+            arr = json.loads(path.read_text())
+        else:
+            arr = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+        return np.asarray(arr, dtype=np.float64)
+    except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise UserInputError(f"cannot read contexts from {path}: {e}") from None
+
+
 def parse_contexts(context: str | None, context_file: str | os.PathLike | None, num_zones: int) -> np.ndarray:
     """Contexts ``(n, 3 + Z)`` from a string (the full vector, or ``w,s,e[,zone]`` with a 1-based event zone)
     or a file (``.npy``, ``.json`` list of vectors, or CSV / whitespace text, one context per line).
@@ -247,7 +276,6 @@ def parse_contexts(context: str | None, context_file: str | os.PathLike | None, 
     Exactly one of ``context`` / ``context_file``.  Raises :class:`fpntools.errors.UserInputError` naming the
     problem: wrong length or shape, unreadable file, NaN / inf, entries outside ``[0, 1]``, two event zones.
     """
-    import json
 
     from fpntools.errors import UserInputError
 
@@ -275,18 +303,7 @@ def parse_contexts(context: str | None, context_file: str | os.PathLike | None, 
                                  f"got {len(vals)}")
     else:
         context_file = Path(context_file)
-        if not context_file.is_file():
-            raise UserInputError(f"context file not found: {context_file}")
-        try:
-            if context_file.suffix == ".npy":
-                arr = np.load(context_file, allow_pickle=False)
-            elif context_file.suffix == ".json":
-                arr = np.asarray(json.loads(context_file.read_text()), dtype=np.float64)
-            else:
-                arr = np.loadtxt(context_file, delimiter="," if context_file.suffix == ".csv" else None, ndmin=2)
-        except (ValueError, OSError) as e:
-            raise UserInputError(f"cannot read contexts from {context_file}: {e}") from None
-        arr = np.asarray(arr, dtype=np.float64)
+        arr = read_context_file(context_file)
         if arr.ndim == 1:
             arr = arr[None]
         if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] == 0:

@@ -111,6 +111,17 @@ def bench_network(name: str, n_train: int, n_test: int, gap: float = 1e-8, model
     )
 
 
+def _bench_options(networks: str, n_train: int, n_test: int, epochs: int) -> list[str]:
+    """The network names of ``--networks``; ``UserInputError`` for an empty list or sizes below 1."""
+    names = [n.strip() for n in networks.split(",") if n.strip()]
+    if not names:
+        raise UserInputError("--networks is empty")
+    for label, v in (("--n-train", n_train), ("--n-test", n_test), ("--epochs", epochs)):
+        if v < 1:
+            raise UserInputError(f"{label} must be >= 1, got {v}")
+    return names
+
+
 def bench_command(networks: str, *, n_train: int = 200, n_test: int = 50, gap: float = 1e-8,
                   models: str | Path = "runs/traffic", epochs: int = 5, figure_dir: str | Path = "out/traffic",
                   progress: bool = True) -> list[BenchRow]:
@@ -123,12 +134,7 @@ def bench_command(networks: str, *, n_train: int = 200, n_test: int = 50, gap: f
     from fpntools.cli_support import check_output_dir, warn
     from problems.traffic.commands import check_gap
 
-    names = [n.strip() for n in networks.split(",") if n.strip()]
-    if not names:
-        raise UserInputError("--networks is empty")
-    for label, v in (("--n-train", n_train), ("--n-test", n_test), ("--epochs", epochs)):
-        if v < 1:
-            raise UserInputError(f"{label} must be >= 1, got {v}")
+    names = _bench_options(networks, n_train, n_test, epochs)
     check_gap(gap)
     figure_dir = check_output_dir(figure_dir, what="--figures folder")
     torch.set_num_threads(1)
@@ -344,12 +350,7 @@ def bench_path_command(networks: str, *, n_train: int = 200, n_test: int = 50, g
     from fpntools.cli_support import check_output_path, warn
     from problems.traffic.commands import check_gap
 
-    names = [n.strip() for n in networks.split(",") if n.strip()]
-    if not names:
-        raise UserInputError("--networks is empty")
-    for label, v in (("--n-train", n_train), ("--n-test", n_test), ("--epochs", epochs)):
-        if v < 1:
-            raise UserInputError(f"{label} must be >= 1, got {v}")
+    names = _bench_options(networks, n_train, n_test, epochs)
     fams = tuple(f.strip() for f in families.split(",") if f.strip())
     if not fams or any(f not in ("neural", "grey") for f in fams):
         raise UserInputError(f"--families must be a comma-separated subset of neural,grey, got {families!r}")

@@ -314,7 +314,6 @@ def equilibrate(paths: TorchPaths, cost: CostFn, q: Tensor, h0: Tensor | None = 
     """
     h = paths.uniform(q) if h0 is None else h0.clone()
     X = paths.link_flows(h)
-    m = paths.m
     B = q.shape[0]
     sweeps = 0
     for sweeps in range(1, max_sweeps + 1):
