@@ -51,7 +51,7 @@ class PathTrainConfig:
 
     epochs: int = 60
     batch_size: int = 10
-    lr: float = 0.01
+    lr: float = 3e-3
     seed: int = 0
     test_fraction: float = 0.2
     demand_weight: float = 1.0

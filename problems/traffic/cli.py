@@ -101,7 +101,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="default 6 (--network) / 40 (--data)"),
     batch_size: int = typer.Option(10, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr", help="initial learning rate, cosine decay to lr / 10 (default "
-                                       "0.05 with --network, 1e-3 with --data)"),
+                                       "0.05 with --network, 3e-3 with --data (grey: 0.03))"),
     seed: int = typer.Option(0, "--seed"),
     backward: str = typer.Option("implicit", "--backward", help="implicit | jfb (--network)"),
     adjoint_iters: int = typer.Option(100, "--adjoint-iters", help="implicit: adjoint Anderson iterations"),
@@ -122,9 +122,11 @@ def train(
 
         if net is None or trips is None or data is None:
             raise UserInputError("training on your own data needs all of --net, --trips and --data")
-        train_data_command(net=net, trips=trips, data=data, out=out, family=family or "neural",
+        family = family or "neural"
+        train_data_command(net=net, trips=trips, data=data, out=out, family=family,
                            epochs=epochs if epochs is not None else 40, batch_size=batch_size,
-                           lr=lr if lr is not None else 1e-3, seed=seed, test_fraction=test_fraction, sweeps=sweeps,
+                           lr=lr if lr is not None else (0.03 if family == "grey" else 3e-3), seed=seed,
+                           test_fraction=test_fraction, sweeps=sweeps,
                            toll_factor=toll_factor, distance_factor=distance_factor, device=device, resume=resume,
                            force=force, quiet=quiet)
         return

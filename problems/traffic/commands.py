@@ -247,7 +247,7 @@ def make_data_command(net: str | os.PathLike, trips: str | os.PathLike, out: str
 
 def train_data_command(*, net: str | os.PathLike, trips: str | os.PathLike, data: str | os.PathLike,
                        out: str | os.PathLike, family: str = "neural", epochs: int = 40, batch_size: int = 10,
-                       lr: float = 1e-3, seed: int = 0, test_fraction: float = 0.2, sweeps: int = 200,
+                       lr: float = 3e-3, seed: int = 0, test_fraction: float = 0.2, sweeps: int = 200,
                        toll_factor: float | None = None, distance_factor: float | None = None, device: str = "cpu",
                        resume: bool = False, force: bool = False, quiet: bool = False) -> dict:
     """``fpntools traffic train --net --trips --data --out DIR``: a path N-FPN (:mod:`problems.traffic.pathnfpn`)
