@@ -177,8 +177,10 @@ def predict_flows(model: PathNFPN, contexts: np.ndarray, batch: int = 50) -> tup
         gaps.append(info.gap.cpu().numpy())
     n = max(len(contexts), 1)
     flows = np.concatenate(out)
-    return flows, {"fp_residual": float(np.max(np.concatenate(res))), "solver_gap": float(np.max(np.concatenate(gaps))),
-                   "cpu_s_per_sample": (time.process_time() - c0) / n, "wall_s_per_sample": (time.perf_counter() - w0) / n}
+    return flows, {"fp_residual": float(np.max(np.concatenate(res))),
+                   "solver_gap": float(np.max(np.concatenate(gaps))),
+                   "cpu_s_per_sample": (time.process_time() - c0) / n,
+                   "wall_s_per_sample": (time.perf_counter() - w0) / n}
 
 
 def evaluate_flows(model: PathNFPN, data: TrafficData, batch: int = 50) -> dict[str, float]:

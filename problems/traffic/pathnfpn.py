@@ -346,8 +346,8 @@ class PathNFPN(nn.Module):
                                max_sweeps=self.config.sweeps, jacobi=True)
 
     def forward(self, contexts: Tensor, h0: Tensor | None = None, return_paths: bool = False):
-        """Predicted link flows ``(B, L)`` in vehicles and a :class:`PathSolveInfo`.  ``h0``: a feasible start in flow units
-        (e.g. the previous epoch's solution; default ``q(c) * share0``)."""
+        """Predicted link flows ``(B, L)`` in vehicles and a :class:`PathSolveInfo`.  ``h0``: a feasible start in
+        flow units (e.g. the previous epoch's solution; default ``q(c) * share0``)."""
         c = torch.as_tensor(contexts, dtype=torch.float64, device=self.q0.device)
         if c.ndim != 2 or c.shape[1] != self.context_dim:
             raise UserInputError(f"contexts must have shape (n, {self.context_dim}), got {tuple(c.shape)}")
