@@ -237,7 +237,7 @@ def load_path_model(folder: str | os.PathLike, net: str | os.PathLike | None = N
     problem is a one-line :class:`UserInputError`."""
     from safetensors.torch import load
 
-    from problems.traffic.commands import load_weighted_network
+    from problems.traffic.tntp import TNTPError, load_network
 
     folder = Path(folder)
     js, st = folder / "model.json", folder / "model.safetensors"
@@ -259,7 +259,10 @@ def load_path_model(folder: str | os.PathLike, net: str | os.PathLike | None = N
         raise UserInputError("give both --net and --trips (or neither: the model folder's copies are used)")
     net_path = Path(net) if net is not None else folder / "net.tntp"
     trips_path = Path(trips) if trips is not None else folder / "trips.tntp"
-    network, demand = load_weighted_network(net_path, trips_path, tf, df, quiet=True)
+    try:
+        network, demand = load_network(net_path, trips_path, toll_factor=tf, distance_factor=df)
+    except TNTPError as e:
+        raise UserInputError(str(e)) from None
     network.name = str(meta.get("network", network.name))
     dem = demand.toarray() if hasattr(demand, "toarray") else np.asarray(demand, dtype=np.float64)
     if network_fingerprint(network, dem) != fingerprint:
