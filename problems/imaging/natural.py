@@ -69,7 +69,7 @@ MASKS: tuple[tuple[str, str, float], ...] = (
     ("pixels 50%", "pixels", 0.5), ("pixels 80%", "pixels", 0.8),
 )
 TV_GRID: tuple[float, ...] = (0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3)
-TV_INPAINT_GRID: tuple[float, ...] = (0.05, 0.2, 0.8)
+TV_INPAINT_GRID: tuple[float, ...] = (0.05, 0.8)
 
 
 @dataclass
@@ -189,7 +189,7 @@ def run_natural_bench(model: DEQDecoder, dataset: str, sigmas: tuple[float, ...]
     inpaint: dict[str, dict[str, MethodScore]] = {}
     if masks:
         for label, kind, frac in MASKS:
-            w_tv = tune_tv_inpaint_weight(val[:4], kind, frac)
+            w_tv = tune_tv_inpaint_weight(val[:2], kind, frac)
             rows = inpaint[label] = {k: MethodScore() for k in ("augmented DEQ", "encoder alone", "biharmonic",
                                                                 f"TV inpainting ({w_tv:g})")}
             for i, (name, img) in enumerate(images):
