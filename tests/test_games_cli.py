@@ -252,3 +252,30 @@ def test_bad_input_is_one_clear_line(monkeypatch, capsys, args, message):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and "Traceback" not in err
+
+
+def test_weights_written_before_issue_17_still_load(tmp_path, trained_run):
+    """An older weights file has no context standardisation buffers and no temperature / face-solve keys: it
+    loads as the model it was (identity standardisation, fixed regulariser, no face solve)."""
+    def old(state):
+        for key in ("game.scaler.mean", "game.scaler.scale"):
+            del state["state_dict"][key]
+        for key in ("temperature", "face_solve"):
+            del state["model"]["nfpn"][key]
+        # an older model had no temperature outputs: drop the last two rows of the read-out
+        for key in ("game.net.4.weight", "game.net.4.bias"):
+            state["state_dict"][key] = state["state_dict"][key][:-2].clone()
+
+    model, _ = load_trained(_edited(trained_run, tmp_path, "old.pt", old))
+    assert model.config.face_solve is False and model.config.temperature == 0.0
+    assert float(model.game.scaler.mean.abs().max()) == 0.0 and bool((model.game.scaler.scale == 1).all())
+    with torch.no_grad():
+        z, info = model(torch.zeros(3, 4))
+    assert z.shape == (3, 6) and torch.isfinite(z).all()
+    # a file missing other weights is still refused
+    def broken(state):
+        old(state)
+        del state["state_dict"]["game.net.0.bias"]
+
+    with pytest.raises(Exception, match="weights do not match"):
+        load_trained(_edited(trained_run, tmp_path, "broken.pt", broken))
