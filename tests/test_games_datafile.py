@@ -161,7 +161,7 @@ def test_train_data_excludes_family_options(monkeypatch, capsys, tmp_path, files
 
 def test_predict_writes_strategies_on_the_simplices(monkeypatch, capsys, tmp_path, files, trained):
     model, cfg = load_trained(trained)
-    assert isinstance(cfg, FileDataConfig) and (cfg.n, cfg.m, cfg.context_dim, cfg.n_samples, cfg.n_val) == (3, 3, 4, 64, 13)
+    assert isinstance(cfg, FileDataConfig) and (cfg.n, cfg.m, cfg.context_dim, cfg.n_samples, cfg.n_val) == (3, 3, 4, 64, 6)
     with np.load(files / "test.npz") as z:
         contexts = z["context"]
     np.save(tmp_path / "ctx.npy", contexts)
@@ -186,7 +186,7 @@ def test_predict_writes_strategies_on_the_simplices(monkeypatch, capsys, tmp_pat
     np.testing.assert_allclose(table, z, atol=1e-6, rtol=0)
     # evaluate on the stored validation split and on another file of the same family
     code, text, err = _run(monkeypatch, capsys, "evaluate", str(trained))
-    assert code == 0 and "13 held-out samples of" in text and "gap=" in text, err
+    assert code == 0 and "6 held-out samples of" in text and "gap=" in text, err
     code, text, err = _run(monkeypatch, capsys, "evaluate", str(trained), "--data", str(files / "test.npz"))
     assert code == 0 and "16 samples of" in text, err
 
@@ -239,8 +239,10 @@ def test_data_without_payoffs_trains_and_resume_refuses_a_changed_file(monkeypat
     code, text, err = _run(monkeypatch, capsys, *args)
     assert code == 0 and "validation: err=" in text and "gap=" not in text, err
     model, cfg = load_trained(run)
-    train_split, val_split = cfg.splits()  # the seeded 80 / 20 split of the file
-    assert (len(train_split), len(val_split)) == (51, 13)
+    train_split, val_split = cfg.splits()  # the seeded 90 / 10 split of the file (default --val-fraction 0.1)
+    assert (len(train_split), len(val_split)) == (58, 6)
+    everything = FileDataConfig.from_file(tmp_path / "plain.npz", val_fraction=0.0).splits()
+    assert (len(everything[0]), len(everything[1])) == (64, 0)
     torch.testing.assert_close(model.scaler.mean, torch.as_tensor(train_split.d.mean(0)).float(), rtol=1e-6, atol=0)
     torch.testing.assert_close(model.scaler.scale, torch.as_tensor(train_split.d.std(0, ddof=1)).float(), rtol=1e-5, atol=0)
     # another file under the same name: resuming is refused, naming the changed digest

@@ -117,7 +117,7 @@ def train(
     data: Optional[Path] = typer.Option(
         None, help="train on your own data: .npz with context (n, p), x (n, n1), y (n, n2) [, A, B (n, n1, n2)]"
     ),
-    val_fraction: float = typer.Option(0.2, help="--data: fraction of the samples held out for validation"),
+    val_fraction: float = typer.Option(0.1, help="--data: fraction of the samples held out for validation (0: train on all)"),
     simplex_tol: float = typer.Option(1e-6, help="--data: how far a stored strategy may miss the simplex"),
     family: Optional[str] = typer.Option(None, help=FAMILY_HELP + " (default rps; not with --data)"),
     n_actions: Optional[int] = typer.Option(None, help="actions per player (random families; default 3)"),

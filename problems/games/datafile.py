@@ -235,7 +235,7 @@ class FileDataConfig:
     n: int
     m: int
     context_dim: int
-    val_fraction: float = 0.2
+    val_fraction: float = 0.1
     seed: int = 0
     simplex_tol: float = DEFAULT_SIMPLEX_TOL
     source: str = "file"
@@ -254,7 +254,7 @@ class FileDataConfig:
 
     @classmethod
     def from_file(
-        cls, path: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0, simplex_tol: float = DEFAULT_SIMPLEX_TOL
+        cls, path: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0, simplex_tol: float = DEFAULT_SIMPLEX_TOL
     ) -> "FileDataConfig":
         """Check the file (:func:`load_game_data`) and describe it."""
         data = load_game_data(path, simplex_tol)
