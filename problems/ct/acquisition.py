@@ -79,15 +79,40 @@ class Acquisition:
         pad = 2 * (h.shape[0] - 1)
         q = torch.fft.irfft(torch.fft.rfft(y, n=pad, dim=-1) * h, n=pad, dim=-1)[..., :n_det]
         b = self.op.A_adjoint(q)
+        b = b / b.flatten(1).abs().amax(1).clamp_min(1e-30).view(-1, 1, 1)  # scale-free (huge inputs stay finite)
         ab = self.op(b)
-        s = (ab * y).flatten(1).sum(1) / ab.flatten(1).pow(2).sum(1).clamp_min(1e-30)
-        return (s.view(-1, 1, 1) * b).clamp(0.0, 1.0)
+        s = (ab.double() * y.double()).flatten(1).sum(1) / ab.double().flatten(1).pow(2).sum(1).clamp_min(1e-30)
+        x = (s.to(b.dtype).view(-1, 1, 1) * b).clamp(0.0, 1.0)
+        return torch.nan_to_num(x, nan=0.0)
+
+
+def _operator_norm(geometry: CTGeometry, op: Any, cache_dir: str | os.PathLike | None) -> float:
+    """``||A||`` of the geometry's matrix: read from ``<matrix cache>.norm.json`` or computed by power iteration
+    and stored there (atomically) beside the cached matrix."""
+    import json
+
+    from fpntools.atomic_io import atomic_write_bytes
+    from problems.ct.projector import _matrix_path
+
+    path = _matrix_path(geometry, cache_dir).with_suffix(".norm.json")
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("key") == geometry.key() and float(doc["norm"]) > 0:
+            return float(doc["norm"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    norm = float(op.norm())
+    try:
+        atomic_write_bytes(path, json.dumps({"key": geometry.key(), "norm": norm}).encode())
+    except OSError:  # a read-only cache still works, only slower
+        pass
+    return norm
 
 
 def acquisition(geometry: CTGeometry | None = None, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, cache_dir: str | os.PathLike | None = None) -> Acquisition:
     """The :class:`Acquisition` of ``geometry`` on ``device`` (memoised per geometry, device, dtype and cache
-    folder: the projection matrix is read or exported once, ``||A||`` computed once)."""
+    folder: the projection matrix is read or exported once, ``||A||`` computed once and cached beside it)."""
     from problems.ct.projector import ct_operator
 
     geometry = geometry or CTGeometry()
@@ -97,7 +122,7 @@ def acquisition(geometry: CTGeometry | None = None, device: str | torch.device =
         acq = _MEMO.get(key)
         if acq is None:
             op = ct_operator(geometry, cache_dir=cache_dir, dtype=dtype, device=dev)
-            acq = Acquisition(geometry, op, float(op.norm()))
+            acq = Acquisition(geometry, op, _operator_norm(geometry, op, cache_dir))
             _MEMO[key] = acq
     return acq
 
