@@ -45,7 +45,7 @@ at most 20 iterations with the face solve, 200 without); the equilibrium module 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch

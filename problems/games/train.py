@@ -40,7 +40,7 @@ from fpntools.training.checkpoint import CheckpointError, load_checkpoint, save_
 from fpntools.training.trainer import Trainer, TrainerConfig, TrainResult, print_to_stderr
 from problems.games.baselines import ConstantPredictor, MLPRegressor
 from problems.games.data import GameDataConfig, GameDataset, make_dataset
-from problems.games.datafile import FileDataConfig, load_contexts, load_game_data
+from problems.games.datafile import FileDataConfig, load_game_data
 from problems.games.model import ContextScaler, NashFPN, NFPNConfig
 
 #: What a model is trained on: a built-in family's generated data or the user's data file.
