@@ -6,7 +6,10 @@ Test sets (never used in training or validation, see :mod:`problems.ct.images`):
 * ``phantoms``: held-out CT-like phantoms ``rich_phantoms(n, 128, rng=default_rng(20_000 + seed))``;
 * ``bsd68``: crops of the BSD68 test half, ``bsd68_crops("test", n, 128, seed=seed)`` (skipped with a note when
   the natural images are absent);
-* ``shepp-logan``: the standard Shepp-Logan phantom (one image).
+* ``shepp-logan``: the standard Shepp-Logan phantom (one image);
+* ``ct-like``: CT-like slices of :func:`~problems.ct.images.ct_like_validation` (a generator the networks were never
+  trained on, built from Hounsfield-unit templates and clinical display windows) with test seeds
+  ``30_000 + seed`` (validation uses seed 1): the offline stand-in for real CT slices.
 
 Geometries: :data:`problems.ct.train.VALIDATION_GEOMETRIES` by default (``par20, par30, par60, fan60``; any
 ``parN`` / ``fanN`` of :func:`problems.ct.train.geometry_by_name` is accepted). Sinograms
@@ -62,11 +65,13 @@ __all__ = [
 ]
 
 #: test sets of the bench, in table order.
-TEST_SETS = ("phantoms", "bsd68", "shepp-logan")
+TEST_SETS = ("phantoms", "bsd68", "shepp-logan", "ct-like")
 #: methods in table order.
 BENCH_METHODS = ("fbp", "tv", "unrolled", "ffpn")
 #: seed offset of the held-out phantoms (training and validation use other seeds).
 PHANTOM_SEED_OFFSET = 20_000
+#: seed offset of the held-out CT-like slices.
+CT_LIKE_SEED_OFFSET = 30_000
 
 
 # ============================================================================================ options
@@ -199,7 +204,7 @@ def held_out_images(sets: Sequence[str], n: int, seed: int = 0, size: int = 128,
                 log: Callable[[str], None] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """The test images ``{set: (k, size, size) float32}`` of ``sets`` (module docstring) and the notes on sets
     that were skipped (BSD68 without the natural images)."""
-    from problems.ct.images import bsd68_crops, natural_images_root, rich_phantoms
+    from problems.ct.images import bsd68_crops, ct_like_validation, natural_images_root, rich_phantoms
     from problems.ct.phantoms import shepp_logan
 
     out: dict[str, np.ndarray] = {}
@@ -215,6 +220,8 @@ def held_out_images(sets: Sequence[str], n: int, seed: int = 0, size: int = 128,
             out[name] = bsd68_crops("test", n, size, seed=seed, root=root)
         elif name == "shepp-logan":
             out[name] = shepp_logan(size)[None]
+        elif name == "ct-like":
+            out[name] = ct_like_validation(n, size, seed=CT_LIKE_SEED_OFFSET + seed)
         else:  # pragma: no cover - parse_sets guards this
             raise UserInputError(f"unknown test set {name!r}")
         out[name] = np.ascontiguousarray(out[name], dtype=np.float32)

@@ -269,8 +269,9 @@ def bench(
     geometries: Optional[str] = typer.Option(None, help="comma-separated geometries: parN (parallel, N angles) or "
                                              "fanN (fan beam, N angles over a full turn); default: "
                                              "par20,par30,par60,fan60 (VALIDATION_GEOMETRIES)"),
-    sets: str = typer.Option("phantoms,bsd68,shepp-logan", help="test sets: phantoms (held-out CT-like), bsd68 "
-                             "(BSD68 test crops), shepp-logan (the standard phantom)"),
+    sets: str = typer.Option("phantoms,bsd68,shepp-logan,ct-like", help="test sets: phantoms (held-out CT-like "
+                             "phantoms), bsd68 (BSD68 test crops), shepp-logan (the standard phantom), ct-like "
+                             "(slices of a generator never trained on, test seeds)"),
     n_test: int = typer.Option(16, help="images per test set (Shepp-Logan: one)"),
     seed: int = typer.Option(0, help="seed of the test images and the noise"),
     noise: float = typer.Option(0.015, help="relative noise level of the simulated sinograms"),
