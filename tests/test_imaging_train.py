@@ -238,7 +238,8 @@ def test_legacy_solver_keys_map_onto_the_solve_config(tmp_path: Path):
 @pytest.mark.skipif(not (NATURAL_ROOT / "train400").is_dir(), reason="../shared/data/natural-images is absent")
 def test_natural_weights_reproduce_their_validation_psnr():
     """The shipped natural-image prior (the default weights) loads with its own solve and reproduces the
-    validation PSNRs recorded in it (amortised restoration of the held-out train400 images at 0/15/25/50)."""
+    validation PSNR recorded in it at sigma 25 (amortised restoration of the held-out train400 images; the
+    record has all four levels 0/15/25/50)."""
     from safetensors import safe_open
 
     from problems.imaging.data import load_training_images, split_train_validation
@@ -252,5 +253,6 @@ def test_natural_weights_reproduce_their_validation_psnr():
         "train400.npy")
     _, val = split_train_validation(load_training_images("train400"), "train400")
     model = load_decoder(NATURAL_WEIGHTS)
-    got = {f"sigma={round(s * 255)}/255": round(ValidationSet(val).psnr(model, s), 2) for s in VALIDATION_SIGMAS}
-    assert got == pytest.approx(summary["validation_psnr"], abs=0.011)
+    assert set(summary["validation_psnr"]) == {f"sigma={round(s * 255)}/255" for s in VALIDATION_SIGMAS}
+    got = round(ValidationSet(val).psnr(model, 25 / 255), 2)  # one level (the selection metric) keeps it fast
+    assert got == pytest.approx(summary["validation_psnr"]["sigma=25/255"], abs=0.011)
