@@ -84,24 +84,25 @@ def _split(text: str) -> list[str]:
     return out
 
 
+def _choose(text: str | Sequence[str], allowed: Sequence[str], order: Sequence[str], what: str, option: str
+            ) -> list[str]:
+    """The names of ``text`` (comma-separated or a sequence) in ``order``; unknown names or none: one line."""
+    chosen = _split(text) if isinstance(text, str) else [t.strip().lower() for t in text]
+    bad = [t for t in chosen if t not in allowed]
+    if bad or not chosen:
+        raise UserInputError(f"unknown {what}(s) {', '.join(bad) or repr(text)} in {option}; "
+                             f"choose from {','.join(order)}")
+    return [t for t in order if t in chosen]
+
+
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
     """``"fbp,tv"`` -> ``["fbp", "tv"]`` (table order); unknown names are a one-line :class:`UserInputError`."""
-    chosen = _split(methods) if isinstance(methods, str) else [m.strip().lower() for m in methods]
-    bad = [m for m in chosen if m not in METHODS]
-    if bad or not chosen:
-        raise UserInputError(f"unknown method(s) {', '.join(bad) or repr(methods)} in --methods; "
-                             f"choose from {','.join(BENCH_METHODS)}")
-    return [m for m in BENCH_METHODS if m in chosen]
+    return _choose(methods, METHODS, BENCH_METHODS, "method", "--methods")
 
 
 def parse_sets(sets: str | Sequence[str]) -> list[str]:
     """``"phantoms,shepp-logan"`` -> the test sets (table order); unknown names: one-line error."""
-    chosen = _split(sets) if isinstance(sets, str) else [s.strip().lower() for s in sets]
-    bad = [s for s in chosen if s not in TEST_SETS]
-    if bad or not chosen:
-        raise UserInputError(f"unknown test set(s) {', '.join(bad) or repr(sets)} in --sets; "
-                             f"choose from {','.join(TEST_SETS)}")
-    return [s for s in TEST_SETS if s in chosen]
+    return _choose(sets, TEST_SETS, TEST_SETS, "test set", "--sets")
 
 
 def geometry_name(g: CTGeometry) -> str:

@@ -58,7 +58,6 @@ __all__ = [
     "ValidationSet",
     "simulate_batch",
     "ct_loss",
-    "evaluate",
     "train",
     "train_summary",
 ]
@@ -376,26 +375,6 @@ class ValidationSet:
                "val_steps": float(np.mean(steps))}
         out.update({f"val_psnr_{k}": float(np.mean(v)) for k, v in per_set.items()})
         return out
-
-
-def evaluate(model: FFPN, images: Tensor, sinograms: Tensor, acq: Acquisition, noise: Tensor | float | None = None,
-             batch_size: int = 16) -> dict[str, float]:
-    """Mean PSNR (dB), mean solver steps and seconds per image of ``model`` (eval mode) on one acquisition."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    ps, steps = [], []
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, images.shape[0], batch_size):
-            nz = noise[i:i + batch_size] if isinstance(noise, Tensor) else noise
-            u, info = model(sinograms[i:i + batch_size].to(dev), acq, noise=nz)
-            ps.append(psnr(u, images[i:i + batch_size].to(dev)).cpu())
-            steps.append(info.steps.double().cpu())
-    dt = time.perf_counter() - t0
-    model.train(was_training)
-    return {"psnr": float(torch.cat(ps).mean()), "steps": float(torch.cat(steps).mean()),
-            "seconds_per_image": dt / max(1, images.shape[0])}
 
 
 # ============================================================================================ train
